@@ -1,0 +1,1 @@
+//! Pipelines over storage partitions (issue 4; not built yet).
