@@ -23,6 +23,7 @@
 
 mod batch;
 mod builder;
+pub mod compression;
 mod record;
 
 pub use batch::{
