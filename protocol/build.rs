@@ -341,7 +341,7 @@ fn encode_one(ty: &Ty, v: &str) -> String {
             "uuid" => format!("w.put_uuid({v});"),
             other => format!("w.put_{other}(*{v});"),
         },
-        Ty::Struct(_) => format!("{v}.encode(w, version)?;"),
+        Ty::Struct(_) => format!("({v}).encode(w, version)?;"),
         Ty::Array(inner) => format!(
             "w.put_length(Some(({v}).len()), flexible, true); for e in ({v}).iter() {{ {} }}",
             encode_one(inner, "e")

@@ -1,1 +1,63 @@
-//! broker
+//! millrace's Kafka server.
+//!
+//! - [`server`]: the accept loop, connection cap and graceful shutdown ([`shutdown`]).
+//! - [`connection`]: frames in, responses out in request order, with pipelining.
+//! - [`handlers`]: one file per API; Kafka error codes are chosen there.
+//! - [`state`]: the shared [`Broker`]: settings ([`config`]), the topic registry ([`topics`]) over storage.
+//! - [`producers`]: InitProducerId and idempotent-producer bookkeeping that is not per partition.
+
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod handlers;
+pub mod log_config;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod topics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use config::BrokerConfig;
+pub use error::{Error, Result};
+pub use state::Broker;
+
+/// The Kafka code for a storage error.
+pub(crate) fn storage_code(
+    e: &millrace_storage::Error,
+) -> millrace_protocol::error_code::ErrorCode {
+    log_config::storage_error_code(e)
+}
+
+/// Binds the listener, opens the data directory, prints the ready line and serves until `signal` resolves.
+pub async fn serve(config: BrokerConfig, signal: impl Future) -> Result<()> {
+    let listen = config.get("listen");
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+    let bound: SocketAddr = listener.local_addr()?;
+    let (host, port) = match config.get("advertised.listener").as_str() {
+        "" => (bound.ip().to_string(), i32::from(bound.port())),
+        adv => parse_host_port(adv)?,
+    };
+    let broker = tokio::task::block_in_place(|| Broker::open(config, host.clone(), port))?;
+    println!(
+        "millrace listening on {bound} (advertised {host}:{port}), data in {}",
+        broker.data_dir.display()
+    );
+    server::run(listener, broker, signal, Duration::from_secs(4)).await;
+    Ok(())
+}
+
+fn parse_host_port(s: &str) -> Result<(String, i32)> {
+    let s = s.rsplit("://").next().unwrap_or(s);
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| Error::Config(format!("advertised listener {s:?} is not HOST:PORT")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Error::Config(format!("advertised listener {s:?} has a bad port")))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), i32::from(port)))
+}

@@ -1,0 +1,119 @@
+//! The broker's shared state: settings, the topic registry over the storage layer, and who we say we are.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use millrace_storage::LogManager;
+use tokio::task::JoinHandle;
+
+use crate::config::BrokerConfig;
+use crate::error::Result;
+use crate::shutdown::Shutdown;
+use crate::topics::{Topic, Topics};
+
+/// Invariant: `topics` owns every open log of `logs`; handlers reach logs only through `topics`.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub logs: Arc<LogManager>,
+    pub topics: Topics,
+    pub node_id: i32,
+    /// The host and port clients are told to connect to (Metadata, FindCoordinator, DescribeCluster).
+    pub advertised_host: String,
+    pub advertised_port: i32,
+    pub data_dir: PathBuf,
+}
+
+impl Broker {
+    /// Opens (and recovers) the data directory.
+    pub fn open(
+        config: BrokerConfig,
+        advertised_host: String,
+        advertised_port: i32,
+    ) -> Result<Arc<Broker>> {
+        let data_dir = PathBuf::from(config.get("data.dir"));
+        std::fs::create_dir_all(&data_dir)?;
+        let logs = Arc::new(LogManager::open(&data_dir)?);
+        let topics = Topics::open(&data_dir, logs.clone(), &config)?;
+        let node_id = config.get_i64("node.id") as i32;
+        Ok(Arc::new(Broker {
+            config,
+            logs,
+            topics,
+            node_id,
+            advertised_host,
+            advertised_port,
+            data_dir,
+        }))
+    }
+
+    /// Looks a topic up, creating it with the broker's defaults when `auto.create.topics.enable` allows it.
+    /// Internal topics are never auto-created.
+    pub fn topic_or_create(&self, name: &str, allow_create: bool) -> Result<Option<Arc<Topic>>> {
+        if let Some(t) = self.topics.get(name) {
+            return Ok(Some(t));
+        }
+        if !allow_create
+            || !self.config.get_bool("auto.create.topics.enable")
+            || crate::topics::is_internal(name)
+        {
+            return Ok(None);
+        }
+        let partitions = self.config.get_i64("num.partitions").clamp(1, 100_000) as i32;
+        match self
+            .topics
+            .create(&self.config, name, partitions, Default::default())
+        {
+            Ok(t) => Ok(Some(t)),
+            // Another connection created it first.
+            Err(crate::Error::TopicExists(_)) => Ok(self.topics.get(name)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts the background work: retention (and later compaction) on every log.
+    pub fn start_background(self: &Arc<Self>, mut shutdown: Shutdown) -> JoinHandle<()> {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let every = broker
+                .config
+                .get_i64("log.retention.check.interval.ms")
+                .clamp(100, 86_400_000) as u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(every));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.recv() => return,
+                }
+                let b = broker.clone();
+                let _ = tokio::task::spawn_blocking(move || b.apply_retention()).await;
+            }
+        })
+    }
+
+    fn apply_retention(&self) {
+        let now = now_ms();
+        for t in self.topics.all() {
+            for log in &t.partitions {
+                if let Err(e) = log.apply_retention(now) {
+                    tracing::warn!(topic = %t.name, error = %e, "retention failed");
+                }
+            }
+        }
+    }
+
+    /// Flushes every log and marks them cleanly closed.
+    pub fn close(&self) -> Result<()> {
+        self.logs.shutdown()?;
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
