@@ -548,7 +548,14 @@ fn main() {
             "            RequestBody::{name}(m) => m.encode(w, version),"
         );
     }
-    out.push_str("        }\n    }\n\n    pub fn api_key(&self) -> i16 {\n        match self {\n");
+    out.push_str("        }\n    }\n\n    /// The default body of an API's request, for tests and tools.\n    pub fn default_of(api_key: i16) -> Option<Self> {\n        Some(match api_key {\n");
+    for (key, (name, _, _)) in &requests {
+        let _ = writeln!(
+            out,
+            "            {key} => RequestBody::{name}(Default::default()),"
+        );
+    }
+    out.push_str("            _ => return None,\n        })\n    }\n\n    pub fn api_key(&self) -> i16 {\n        match self {\n");
     for (key, (name, _, _)) in &requests {
         let _ = writeln!(out, "            RequestBody::{name}(_) => {key},");
     }

@@ -56,7 +56,12 @@ fn captured_requests_round_trip() {
             );
             // librdkafka 2.16's all-topics Metadata v12 carries 3 stray bytes (librdkafka #5049); Kafka ignores
             // trailing bytes, and so do we, but nothing larger should ever be left over.
-            assert!(frame.len() - consumed <= 3, "{}: {} trailing bytes", path.display(), frame.len() - consumed);
+            assert!(
+                frame.len() - consumed <= 3,
+                "{}: {} trailing bytes",
+                path.display(),
+                frame.len() - consumed
+            );
             checked += 1;
         }
     }
