@@ -60,7 +60,7 @@ const PRIMS: &[&str] = &[
     "bool", "i8", "i16", "u16", "i32", "u32", "i64", "f64", "uuid", "string", "bytes", "records",
 ];
 
-fn parse_versions(s: &str, all: Versions, ctx: &str) -> Versions {
+fn parse_versions(s: &str, _all: Versions, ctx: &str) -> Versions {
     let s = s
         .strip_prefix('v')
         .unwrap_or_else(|| panic!("{ctx}: bad versions {s}"));
@@ -71,7 +71,7 @@ fn parse_versions(s: &str, all: Versions, ctx: &str) -> Versions {
     if let Some(min) = s.strip_suffix('+') {
         Versions {
             min: num(min),
-            max: all.max.max(i16::MAX),
+            max: i16::MAX,
         }
     } else if let Some((a, b)) = s.split_once('-') {
         Versions {

@@ -29,7 +29,6 @@ pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -
         },
         flush_messages: get("flush.messages"),
         flush_ms: get("flush.ms"),
-        ..LogConfig::default()
     }
 }
 

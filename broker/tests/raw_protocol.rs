@@ -1,6 +1,8 @@
 //! The broker in-process on a free port, driven with raw frames built by the protocol crate: checks the wire
 //! behaviour that real clients depend on (ApiVersions fallback, request ordering, error codes, bad frames).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! Every captured client request in ../shared/kafka-captures must decode with our codecs and encode back to the
 //! same bytes (Kafka tolerates trailing bytes after a well-formed body, so they are allowed and ignored).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::path::PathBuf;
 
 use bytes::Bytes;

@@ -1,6 +1,8 @@
 //! Round trips of every message at every version: defaults, randomized values, and random bytes (which must
 //! never panic the decoder).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use bytes::Bytes;
 use millrace_protocol::codec::{Reader, Writer};
 use millrace_protocol::messages::fetch_response::{

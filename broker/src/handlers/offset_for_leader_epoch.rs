@@ -38,10 +38,9 @@ pub fn handle(
                         out.error_code = error_code::UNKNOWN_TOPIC_OR_PARTITION;
                         return out;
                     };
+                    // With one epoch (0) ever, a newer one is unknown; no valid epoch can be older (-1 means "none").
                     if p.current_leader_epoch > LEADER_EPOCH {
                         out.error_code = error_code::UNKNOWN_LEADER_EPOCH;
-                    } else if p.current_leader_epoch >= 0 && p.current_leader_epoch < LEADER_EPOCH {
-                        out.error_code = error_code::FENCED_LEADER_EPOCH;
                     } else if p.leader_epoch >= LEADER_EPOCH {
                         out.leader_epoch = LEADER_EPOCH;
                         out.end_offset = log.log_end_offset();
