@@ -246,10 +246,17 @@ impl Log {
         self.fsyncs.load(Ordering::Relaxed)
     }
 
-    /// Appends one record batch (CRC already validated by the caller). Rewrites its base offset in place (and,
-    /// for LogAppendTime topics, its timestamp and CRC), applies the idempotent-producer checks and writes it
-    /// whole or not at all.
+    /// Appends one record batch (CRC already validated by the caller); see [`Log::append_slice`]. Kept for
+    /// callers that own a mutable buffer.
     pub fn append(&self, batch: &mut BytesMut, now_ms: i64) -> Result<AppendInfo> {
+        self.append_slice(batch, now_ms)
+    }
+
+    /// Appends one record batch (CRC already validated by the caller): assigns its offsets, applies the
+    /// idempotent-producer checks and writes it whole or not at all. The caller's bytes are not modified: the
+    /// new base offset is written to the file beside them, so a produce request's buffer goes to the page cache
+    /// with no intermediate copy. LogAppendTime topics (whose timestamp and CRC change) take one copy.
+    pub fn append_slice(&self, batch: &[u8], now_ms: i64) -> Result<AppendInfo> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::Deleted(format!("{}-{}", self.topic, self.partition)));
         }
@@ -281,24 +288,32 @@ impl Log {
             });
         }
         let base = inner.next_offset;
-        batch[..8].copy_from_slice(&base.to_be_bytes());
         h.base_offset = base;
         let mut log_append_time = -1;
+        let mut rewritten = None;
         if config.message_timestamp_type == TimestampType::LogAppendTime {
+            let mut copy = BytesMut::from(batch);
             log_append_time = now_ms;
             h.attributes |= attributes::TIMESTAMP_LOG_APPEND;
             h.max_timestamp = now_ms;
-            batch[21..23].copy_from_slice(&h.attributes.to_be_bytes());
-            batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
-            let crc = crc32c::crc32c(&batch[CRC_START..]);
-            batch[17..21].copy_from_slice(&crc.to_be_bytes());
+            copy[21..23].copy_from_slice(&h.attributes.to_be_bytes());
+            copy[35..43].copy_from_slice(&now_ms.to_be_bytes());
+            let crc = crc32c::crc32c(&copy[CRC_START..]);
+            copy[17..21].copy_from_slice(&crc.to_be_bytes());
             h.crc = crc;
+            rewritten = Some(copy);
         }
+        let body = rewritten.as_deref().unwrap_or(batch);
         self.maybe_roll(&mut inner, &config, batch.len(), now_ms)?;
         let Some(active) = inner.segments.values_mut().last() else {
             return Err(Error::CorruptBatch("log has no active segment".into()));
         };
-        active.append(batch, &h, config.index_interval_bytes)?;
+        active.append(
+            &base.to_be_bytes(),
+            &body[8..],
+            &h,
+            config.index_interval_bytes,
+        )?;
         inner.next_offset = h.last_offset() + 1;
         inner.producers.update(&h, base, h.last_offset());
         inner.unflushed_messages += i64::from(h.records_count.max(1));

@@ -130,16 +130,18 @@ impl Segment {
         let mut headers = Vec::new();
         {
             let data = &seg.map.as_slice()[..data_len];
-            let mut iter = BatchIter::new(data);
-            for item in iter.by_ref() {
+            let mut expected = base_offset;
+            for item in BatchIter::new(data) {
                 let Ok((h, bytes)) = item else { break };
                 if validate && validate_batch(bytes).is_err() {
                     break;
                 }
-                if h.base_offset < seg.next_offset.max(base_offset) && pos > 0 {
-                    // Offsets must increase; anything else is garbage after the valid prefix.
+                // Offsets only increase. A lower one is garbage, or a batch whose base offset (written after its
+                // body, and not covered by the CRC) never reached the file before a crash.
+                if h.base_offset < expected {
                     break;
                 }
+                expected = h.last_offset() + 1;
                 headers.push((h, pos));
                 pos += bytes.len();
             }
@@ -193,15 +195,24 @@ impl Segment {
         self.size + len <= self.capacity
     }
 
-    /// Appends one batch whose offsets are already assigned. Publishes it (moves `size`) after the write.
-    pub fn append(&mut self, batch: &[u8], h: &BatchHeader, index_interval: u64) -> Result<()> {
-        if !self.fits(batch.len()) {
+    /// Appends one batch given as its 8-byte base offset and the rest of its bytes (so the caller's buffer is
+    /// written as it is). The batch is published (`size` moves) only after both writes succeed.
+    pub fn append(
+        &mut self,
+        base_offset: &[u8; 8],
+        rest: &[u8],
+        h: &BatchHeader,
+        index_interval: u64,
+    ) -> Result<()> {
+        let len = 8 + rest.len();
+        if !self.fits(len) {
             return Err(Error::CorruptBatch("segment is full".into()));
         }
-        self.file.write_all_at(batch, self.size as u64)?;
         let pos = self.size;
-        self.note_batch(h, pos, batch.len(), index_interval);
-        self.size += batch.len();
+        self.file.write_all_at(rest, pos as u64 + 8)?;
+        self.file.write_all_at(base_offset, pos as u64)?;
+        self.note_batch(h, pos, len, index_interval);
+        self.size += len;
         Ok(())
     }
 

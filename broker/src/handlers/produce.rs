@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use millrace_protocol::error_code::{self, ErrorCode};
 use millrace_protocol::header::RequestHeader;
 use millrace_protocol::messages::produce_request::ProduceRequest;
@@ -153,10 +153,8 @@ pub fn handle(
             let Some(records) = part.records else {
                 continue;
             };
-            // Storage rewrites the base offset in place; the request buffer is shared, so this is the one copy
-            // between the socket buffer and the log.
-            let mut batch = BytesMut::from(&records[..]);
-            match log.append(&mut batch, now) {
+            // Straight from the receive buffer to the log: storage writes the new base offset beside it.
+            match log.append_slice(&records, now) {
                 Ok(info) => {
                     if acks == -1 && !info.duplicate {
                         durable_waits.push((ti, pi, log.clone(), info.last_offset));
