@@ -1,85 +1,56 @@
 #!/usr/bin/env bash
-# Builds millrace and runs every test: unit, property and end-to-end (rdkafka, kcat, kafka-python, kafkajs),
-# then formatting, clippy, and that benchmarks and fuzz targets compile.
-#
-# Runs on a fresh Debian machine (as root, or with sudo) that has the Rust toolchain, Python 3 + pip and
-# node/npm; it installs whatever else is missing. Set SKIP_INSTALL=1 to skip the installation steps.
+# The one test command (README "Test"): installs what the tests need, builds, and runs every test and check.
+# Works on a fresh Debian machine as root with the Rust toolchain, Python 3 with pip, and node/npm.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROOT=$PWD
+cd "$(dirname "$0")/.."
+root=$(pwd)
 
-START=$SECONDS
-section() {
-    printf '\n==== %s (%ds) ====\n' "$*" "$((SECONDS - START))"
-}
+step() { printf '\n==== %s ====\n' "$*"; }
 
-# ---------------------------------------------------------------------------------------------------------------
-section "system packages"
-if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
-    # command -> Debian package; headers and libraries checked with dpkg.
-    missing=()
-    for pair in kcat:kcat cmake:cmake g++:g++ make:make pkg-config:pkg-config cc:gcc; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
-    done
-    if command -v dpkg-query >/dev/null 2>&1; then
-        dpkg-query -W -f='${Status}' zlib1g-dev 2>/dev/null | grep -q "ok installed" || missing+=(zlib1g-dev)
-    fi
-    if ((${#missing[@]})); then
-        echo "installing: ${missing[*]}"
-        SUDO=""
-        if [[ $(id -u) != 0 ]]; then SUDO="sudo"; fi
-        export DEBIAN_FRONTEND=noninteractive
-        $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    else
-        echo "all present"
-    fi
+step "system packages"
+need=()
+command -v kcat >/dev/null 2>&1 || need+=(kcat)
+command -v make >/dev/null 2>&1 || need+=(make)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing ${need[*]} and not root: install them first" >&2
+    exit 1
+  fi
 fi
+echo "kcat: $(command -v kcat)"
 
-# ---------------------------------------------------------------------------------------------------------------
-section "python packages (tests/.venv)"
-VENV="$ROOT/tests/.venv"
-PY_PACKAGES=(kafka-python lz4 python-snappy zstandard)
-if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
-    if [[ ! -x "$VENV/bin/python" ]]; then
-        python3 -m venv "$VENV"
-    fi
-    if ! "$VENV/bin/python" -c "import kafka, lz4.frame, snappy, zstandard" >/dev/null 2>&1; then
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
-    fi
-    "$VENV/bin/python" -c "import kafka; print('kafka-python', kafka.__version__)"
+step "python clients (kafka-python) into tests/.venv"
+if [ ! -x tests/.venv/bin/python ]; then
+  python3 -m venv tests/.venv
 fi
-export MILLRACE_PYTHON="$VENV/bin/python"
+tests/.venv/bin/pip install -q --disable-pip-version-check -r tests/python/requirements.txt
 
-# ---------------------------------------------------------------------------------------------------------------
-section "node packages (tests/js: npm ci)"
-if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
-    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
-fi
+step "node clients (kafkajs) into tests/js/node_modules"
+(cd tests/js && npm ci --silent --no-audit --no-fund)
 
-# ---------------------------------------------------------------------------------------------------------------
-section "cargo build --release --bin millrace"
+step "build the broker"
 cargo build --release --bin millrace
-export MILLRACE_BIN="$ROOT/target/release/millrace"
+export MILLRACE_BIN="$root/target/release/millrace"
 
-# ---------------------------------------------------------------------------------------------------------------
-section "cargo test --workspace"
-cargo test --workspace
+step "tests: unit, property, protocol captures, end to end"
+cargo test --workspace --no-fail-fast
 
-# ---------------------------------------------------------------------------------------------------------------
-section "cargo fmt --check"
+step "formatting"
 cargo fmt --all -- --check
 
-# ---------------------------------------------------------------------------------------------------------------
-section "cargo clippy -D warnings"
+step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-# ---------------------------------------------------------------------------------------------------------------
-section "cargo bench --no-run"
+step "benchmarks compile"
 cargo bench --workspace --no-run
 
-# ---------------------------------------------------------------------------------------------------------------
-section "fuzz targets compile"
-cargo build --manifest-path fuzz/Cargo.toml
+step "fuzz targets compile"
+cargo build --manifest-path fuzz/Cargo.toml --bins
 
-section "all passed"
+step "done"
+echo "all tests and checks passed"

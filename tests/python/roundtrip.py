@@ -33,7 +33,7 @@ for codec, topic in zip(codecs, topics):
     sent = [(f.get(timeout=30), k, v, h) for f, k, v, h in sent]
     sent = [(m.partition, m.offset, k, v, h) for m, k, v, h in sent]
     producer.close()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1500)
     consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
     consumer.seek_to_beginning()
     got = [(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers)) for m in consumer]
