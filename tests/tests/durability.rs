@@ -20,7 +20,7 @@ fn graceful_restart_keeps_every_record_and_offset() {
     create_topic(&b.bootstrap(), "keep", 2, &[]);
     let recs: Vec<Rec> = (0..2000)
         .map(|i| Rec {
-            partition: (i % 2) as i32,
+            partition: i % 2,
             offset: 0,
             key: Some(format!("k{i}").into_bytes()),
             value: Some(vec![i as u8; 200]),

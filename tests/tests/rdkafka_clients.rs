@@ -92,10 +92,10 @@ fn one_mib_records() {
     same_content(&consume(&b.bootstrap(), "big", &[0], 5), &want);
 
     // One byte over the broker's max.message.bytes is refused with MESSAGE_TOO_LARGE.
-    let too_big = vec![Rec {
+    let too_big = Rec {
         value: Some(vec![0; 1_048_600]),
         ..want[0].clone()
-    }];
+    };
     let p = producer(
         &b.bootstrap(),
         &[
@@ -107,7 +107,7 @@ fn one_mib_records() {
     let rec: rdkafka::producer::BaseRecord<'_, [u8], [u8]> =
         rdkafka::producer::BaseRecord::to("big")
             .partition(0)
-            .payload(too_big[0].value.as_deref().unwrap());
+            .payload(too_big.value.as_deref().unwrap());
     p.send(rec).map_err(|(e, _)| e).unwrap();
     assert!(p.flush(Duration::from_secs(10)).is_ok());
     assert_eq!(
