@@ -135,8 +135,7 @@ fn clean_close_and_crash_both_keep_every_batch() {
         segment_bytes: 2048,
         ..config()
     };
-    let mut want = Vec::new();
-    {
+    let want = {
         let log = Log::open(&path, "t", 0, small.clone()).unwrap();
         for i in 0..100 {
             log.append(&mut BytesMut::from(&batch(i, 2, None)[..]), 5)
@@ -147,9 +146,10 @@ fn clean_close_and_crash_both_keep_every_batch() {
             "rolled by size: {} segments",
             log.segment_count()
         );
-        want = all_batches(&log);
+        let want = all_batches(&log);
         log.close().unwrap();
-    }
+        want
+    };
     let log = Log::open(&path, "t", 0, small.clone()).unwrap();
     assert_eq!(all_batches(&log), want);
     for i in 100..105 {
