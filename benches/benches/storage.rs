@@ -2,7 +2,7 @@
 //! fetch (a zero-copy slice of the mapped segment).
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use millrace_protocol::records::BatchBuilder;
 use millrace_storage::{Log, LogConfig};
 
@@ -25,23 +25,14 @@ fn append(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
     for size in [16 << 10, 1 << 20] {
         let batch = batch_of(size);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path(), "bench", 0, config()).expect("open");
         g.throughput(Throughput::Bytes(batch.len() as u64));
+        // One long-lived log: segments roll (and are sealed with an fsync) as they fill, as in production.
         g.bench_function(format!("batch_{}k", size >> 10), |b| {
-            // A fresh log per sample keeps segment sizes (and page-cache pressure) bounded.
-            b.iter_batched_ref(
-                || {
-                    let dir = tempfile::tempdir().expect("tempdir");
-                    let log = Log::open(dir.path(), "bench", 0, config()).expect("open");
-                    (dir, log)
-                },
-                |(_, log)| {
-                    for _ in 0..64 {
-                        log.append_slice(&batch, 0).expect("append");
-                    }
-                },
-                BatchSize::PerIteration,
-            )
+            b.iter(|| log.append_slice(&batch, 0).expect("append"))
         });
+        drop(log);
     }
     g.finish();
 }
