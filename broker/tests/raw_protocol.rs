@@ -14,8 +14,20 @@ use millrace_protocol::messages::api_versions_request::ApiVersionsRequest;
 use millrace_protocol::messages::api_versions_response::ApiVersionsResponse;
 use millrace_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use millrace_protocol::messages::create_topics_response::CreateTopicsResponse;
+use millrace_protocol::messages::describe_configs_request::{
+    DescribeConfigsRequest, DescribeConfigsResource,
+};
+use millrace_protocol::messages::describe_configs_response::DescribeConfigsResponse;
 use millrace_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use millrace_protocol::messages::fetch_response::FetchResponse;
+use millrace_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig, IncrementalAlterConfigsRequest,
+};
+use millrace_protocol::messages::incremental_alter_configs_response::IncrementalAlterConfigsResponse;
+use millrace_protocol::messages::list_offsets_request::{
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+};
+use millrace_protocol::messages::list_offsets_response::ListOffsetsResponse;
 use millrace_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
@@ -292,4 +304,153 @@ async fn produce_fetch_and_error_codes() {
         resp.responses[0].partitions[0].error_code,
         error_code::OFFSET_OUT_OF_RANGE
     );
+}
+
+#[tokio::test]
+async fn incremental_alter_configs_and_max_timestamp() {
+    let b = start().await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    let create = RequestBody::CreateTopics(CreateTopicsRequest {
+        topics: vec![CreatableTopic {
+            name: "c".into(),
+            num_partitions: 1,
+            replication_factor: -1,
+            ..Default::default()
+        }],
+        timeout_ms: 1000,
+        ..Default::default()
+    });
+    call(&mut s, 19, 7, create).await;
+    let op = |name: &str, operation: i8, value: Option<&str>| AlterableConfig {
+        name: name.into(),
+        config_operation: operation,
+        value: value.map(str::to_string),
+        ..Default::default()
+    };
+    let alter = |configs| {
+        RequestBody::IncrementalAlterConfigs(IncrementalAlterConfigsRequest {
+            resources: vec![AlterConfigsResource {
+                resource_type: 2,
+                resource_name: "c".into(),
+                configs,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    };
+    // SET, APPEND to a list setting, then DELETE back to the default.
+    let mut r = call(
+        &mut s,
+        44,
+        1,
+        alter(vec![
+            op("retention.ms", 0, Some("5000")),
+            op("cleanup.policy", 2, Some("compact")),
+        ]),
+    )
+    .await;
+    assert_eq!(
+        IncrementalAlterConfigsResponse::decode(&mut r, 1)
+            .unwrap()
+            .responses[0]
+            .error_code,
+        0
+    );
+    let describe = || {
+        RequestBody::DescribeConfigs(DescribeConfigsRequest {
+            resources: vec![DescribeConfigsResource {
+                resource_type: 2,
+                resource_name: "c".into(),
+                configuration_keys: None,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    };
+    let value = |resp: &DescribeConfigsResponse, name: &str| {
+        resp.results[0]
+            .configs
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.value.clone())
+            .unwrap()
+    };
+    let mut r = call(&mut s, 32, 4, describe()).await;
+    let d = DescribeConfigsResponse::decode(&mut r, 4).unwrap();
+    assert_eq!(value(&d, "retention.ms"), "5000");
+    assert_eq!(value(&d, "cleanup.policy"), "delete,compact");
+    let mut r = call(
+        &mut s,
+        44,
+        1,
+        alter(vec![
+            op("retention.ms", 1, None),
+            op("cleanup.policy", 3, Some("delete")),
+        ]),
+    )
+    .await;
+    assert_eq!(
+        IncrementalAlterConfigsResponse::decode(&mut r, 1)
+            .unwrap()
+            .responses[0]
+            .error_code,
+        0
+    );
+    let mut r = call(&mut s, 32, 4, describe()).await;
+    let d = DescribeConfigsResponse::decode(&mut r, 4).unwrap();
+    assert_eq!(value(&d, "retention.ms"), "604800000");
+    assert_eq!(value(&d, "cleanup.policy"), "compact");
+    // An invalid value: INVALID_CONFIG.
+    let mut r = call(
+        &mut s,
+        44,
+        1,
+        alter(vec![op("segment.bytes", 0, Some("-5"))]),
+    )
+    .await;
+    assert_eq!(
+        IncrementalAlterConfigsResponse::decode(&mut r, 1)
+            .unwrap()
+            .responses[0]
+            .error_code,
+        error_code::INVALID_CONFIG
+    );
+
+    // ListOffsets -3 (max timestamp) names the record that carries it, inside a batch.
+    let mut bb = BatchBuilder::new(100);
+    bb.push(100, None, Some(b"a"), &[]);
+    bb.push(900, None, Some(b"b"), &[]);
+    bb.push(300, None, Some(b"c"), &[]);
+    call(&mut s, 0, 9, produce("c", bb.finish(), 1)).await;
+    let list = |ts| {
+        RequestBody::ListOffsets(ListOffsetsRequest {
+            replica_id: -1,
+            topics: vec![ListOffsetsTopic {
+                name: "c".into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition_index: 0,
+                    timestamp: ts,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    };
+    for (ts, want) in [
+        (-3i64, (1i64, 900i64)),
+        (-1, (3, -1)),
+        (-2, (0, -1)),
+        (200, (1, 900)),
+        (1000, (-1, -1)),
+    ] {
+        let mut r = call(&mut s, 2, 8, list(ts)).await;
+        let resp = ListOffsetsResponse::decode(&mut r, 8).unwrap();
+        let p = &resp.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.offset, p.timestamp),
+            (0, want.0, want.1),
+            "timestamp {ts}"
+        );
+    }
 }

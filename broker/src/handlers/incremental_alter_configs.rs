@@ -10,6 +10,7 @@ use millrace_protocol::messages::incremental_alter_configs_response::{
 };
 
 use super::alter_configs::{apply, current};
+use super::describe_configs::TOPIC_RESOURCE;
 use super::respond;
 use crate::state::Broker;
 
@@ -33,7 +34,17 @@ pub fn handle(
                                 cfg.remove(&c.name);
                             }
                             (2, Some(v)) | (3, Some(v)) => {
-                                let now = cfg.get(&c.name).cloned().unwrap_or_default();
+                                // Lists grow from the value in force (override, else broker setting, else default),
+                                // as Kafka does.
+                                let now = match cfg.get(&c.name) {
+                                    Some(v) => v.clone(),
+                                    None if res.resource_type == TOPIC_RESOURCE => broker
+                                        .config
+                                        .topic_value(&cfg, &c.name)
+                                        .map(|(v, _)| v)
+                                        .unwrap_or_default(),
+                                    None => broker.config.get(&c.name),
+                                };
                                 let mut items: Vec<String> = now
                                     .split(',')
                                     .filter(|s| !s.is_empty())
