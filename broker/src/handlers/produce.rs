@@ -7,6 +7,7 @@
 //! whose batch fails a check.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use millrace_protocol::error_code::{self, ErrorCode};
@@ -98,6 +99,7 @@ pub fn handle(
     req: ProduceRequest,
 ) -> Result<Reply, String> {
     let acks = req.acks;
+    let timeout_ms = req.timeout_ms;
     let mut durable_waits: Vec<(usize, usize, Arc<Log>, i64)> = Vec::new();
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let fixed_error = if header.api_version < 3 {
@@ -192,15 +194,22 @@ pub fn handle(
         return Ok(Reply::Ready(respond(header, |w, v| resp.encode(w, v))?));
     }
     let header = header.clone();
+    // The request's timeout bounds the wait for the fsync, as it bounds the wait for replicas in Kafka.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms.max(0) as u64);
     Ok(Reply::Later(Box::pin(async move {
         for (ti, pi, log, offset) in durable_waits {
-            if let Err(e) = log.wait_durable(offset).await {
-                let p = &mut resp.responses[ti].partition_responses[pi];
-                *p = partition_error(
-                    p.index,
-                    error_code::KAFKA_STORAGE_ERROR,
-                    Some(e.to_string()),
-                );
+            let outcome = tokio::time::timeout_at(deadline, log.wait_durable(offset)).await;
+            let p = &mut resp.responses[ti].partition_responses[pi];
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    *p = partition_error(
+                        p.index,
+                        error_code::KAFKA_STORAGE_ERROR,
+                        Some(e.to_string()),
+                    )
+                }
+                Err(_) => *p = partition_error(p.index, error_code::REQUEST_TIMED_OUT, None),
             }
         }
         respond(&header, |w, v| resp.encode(w, v)).unwrap_or_default()
