@@ -42,6 +42,27 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
         })
     }
 
+    /// Opens a sealed index as it is on disk; `None` when its size is not a whole number of entries or it is
+    /// empty (the caller then rebuilds from the log).
+    fn open_sealed(path: &Path) -> Result<Option<Self>> {
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let len = file.metadata()?.len() as usize;
+        if len == 0 || !len.is_multiple_of(ENTRY) {
+            return Ok(None);
+        }
+        let map = map_index(&file)?;
+        Ok(Some(Mapped {
+            path: path.to_path_buf(),
+            file,
+            map,
+            entries: len / ENTRY,
+        }))
+    }
+
     fn is_full(&self) -> bool {
         (self.entries + 1) * ENTRY > self.map.len()
     }
@@ -104,6 +125,24 @@ impl OffsetIndex {
         Ok(OffsetIndex(Mapped::create(path, capacity_bytes)?))
     }
 
+    /// A sealed index from disk, if it is well-formed for a log of `log_size` bytes: offsets strictly increasing,
+    /// positions increasing and inside the log.
+    pub fn open_sealed(path: &Path, log_size: usize) -> Result<Option<Self>> {
+        let Some(m) = Mapped::<8>::open_sealed(path)? else {
+            return Ok(None);
+        };
+        let mut prev: Option<(u32, u32)> = None;
+        for i in 0..m.entries {
+            let e = m.entry(i);
+            let (o, p) = (u32_at(e, 0), u32_at(e, 4));
+            if p as usize >= log_size || prev.is_some_and(|(po, pp)| o <= po || p <= pp) {
+                return Ok(None);
+            }
+            prev = Some((o, p));
+        }
+        Ok(Some(OffsetIndex(m)))
+    }
+
     pub fn push(&mut self, relative_offset: u32, position: u32) {
         let mut e = [0u8; 8];
         e[..4].copy_from_slice(&relative_offset.to_be_bytes());
@@ -135,6 +174,9 @@ impl OffsetIndex {
     }
 }
 
+/// The last (timestamp, relative offset) entry of a time index, if any.
+pub type LastEntry = Option<(i64, u32)>;
+
 /// Largest timestamp so far -> relative offset of the batch that carried it.
 #[derive(Debug)]
 pub struct TimeIndex(Mapped<12>);
@@ -142,6 +184,23 @@ pub struct TimeIndex(Mapped<12>);
 impl TimeIndex {
     pub fn create(path: &Path, capacity_bytes: u64) -> Result<Self> {
         Ok(TimeIndex(Mapped::create(path, capacity_bytes)?))
+    }
+
+    /// A sealed time index from disk, if its timestamps strictly increase; returns it with its last entry.
+    pub fn open_sealed(path: &Path) -> Result<Option<(Self, LastEntry)>> {
+        let Some(m) = Mapped::<12>::open_sealed(path)? else {
+            return Ok(None);
+        };
+        let mut last: Option<(i64, u32)> = None;
+        for i in 0..m.entries {
+            let e = m.entry(i);
+            let (t, o) = (i64_at(e, 0), u32_at(e, 8));
+            if last.is_some_and(|(lt, _)| t <= lt) {
+                return Ok(None);
+            }
+            last = Some((t, o));
+        }
+        Ok(Some((TimeIndex(m), last)))
     }
 
     /// Adds an entry if `timestamp` is larger than the last one (entries stay strictly increasing).

@@ -16,7 +16,10 @@ use tokio::sync::Notify;
 
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{Error, Result};
-use crate::names::{parse_log_file, CLEAN_MARKER, LOG_START_CHECKPOINT, RECOVERY_CHECKPOINT};
+use crate::names::{
+    parse_log_file, parse_offset_file, segment_file, CLEAN_MARKER, LOG_START_CHECKPOINT,
+    RECOVERY_CHECKPOINT, SNAPSHOT_SUFFIX,
+};
 use crate::producer_state::{Check, ProducerStates};
 use crate::segment::Segment;
 
@@ -103,8 +106,17 @@ impl Log {
             .filter_map(|e| parse_log_file(&e.file_name().to_string_lossy()))
             .collect();
         bases.sort_unstable();
+        // Producer state: the newest snapshot at or before where recovery must read batches, then every batch
+        // header after it.
+        let first_untrusted = bases
+            .iter()
+            .enumerate()
+            .find(|&(i, _)| !Self::trusted(&bases, i, clean, recovery_point))
+            .map_or(i64::MAX, |(_, &b)| b);
+        // After a clean close the snapshot taken at the log end covers every segment.
+        let limit = if clean { i64::MAX } else { first_untrusted };
+        let (snapshot_at, mut producers) = Self::load_snapshot(dir, limit, &bases, clean);
         let mut segments = BTreeMap::new();
-        let mut producers = ProducerStates::default();
         let mut truncated_total = 0;
         let mut cut = false;
         for (i, &base) in bases.iter().enumerate() {
@@ -117,6 +129,19 @@ impl Log {
                     crate::names::LOG_SUFFIX,
                 ));
                 continue;
+            }
+            let replay = base >= snapshot_at;
+            if Self::trusted(&bases, i, clean, recovery_point) {
+                // Sealed and fsynced before the recovery checkpoint: indexes from disk, batches not read.
+                if let Some(seg) = Segment::open_sealed(dir, base, bases[i + 1])? {
+                    if replay {
+                        seg.for_each_header(|h| {
+                            producers.update(h, h.base_offset, h.last_offset())
+                        });
+                    }
+                    segments.insert(base, seg);
+                    continue;
+                }
             }
             let validate = !clean && (last || base >= recovery_point);
             let capacity = if last { config.segment_bytes } else { 0 };
@@ -131,8 +156,10 @@ impl Log {
                 now,
                 |h| batches.push(*h),
             )?;
-            for h in &batches {
-                producers.update(h, h.base_offset, h.last_offset());
+            if replay {
+                for h in &batches {
+                    producers.update(h, h.base_offset, h.last_offset());
+                }
             }
             if rec.truncated_bytes > 0 {
                 truncated_total += rec.truncated_bytes;
@@ -191,6 +218,56 @@ impl Log {
             fsyncs: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
         })
+    }
+
+    /// Whether segment `i` may be opened without reading it: not the last (active) one, and wholly below the
+    /// recovery checkpoint (sealed and fsynced at roll) or the log was closed cleanly.
+    fn trusted(bases: &[i64], i: usize, clean: bool, recovery_point: i64) -> bool {
+        i + 1 < bases.len() && (clean || bases[i + 1] <= recovery_point)
+    }
+
+    /// The newest readable producer-state snapshot taken at a segment boundary at or before `limit`; returns the
+    /// offset from which batches must be replayed on top of it (the log start when there is none).
+    fn load_snapshot(dir: &Path, limit: i64, bases: &[i64], clean: bool) -> (i64, ProducerStates) {
+        let last_base = bases.last().copied().unwrap_or(i64::MAX);
+        let mut snaps: Vec<i64> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        parse_offset_file(&e.file_name().to_string_lossy(), SNAPSHOT_SUFFIX)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        snaps.sort_unstable();
+        for &at in snaps.iter().rev() {
+            if at > limit || !(bases.contains(&at) || (clean && at >= last_base)) {
+                continue;
+            }
+            let data = std::fs::read(segment_file(dir, at, SNAPSHOT_SUFFIX)).unwrap_or_default();
+            if let Some(states) = ProducerStates::from_bytes(&data) {
+                return (at, states);
+            }
+        }
+        (i64::MIN, ProducerStates::default())
+    }
+
+    /// Writes the producer state as of `offset` (a segment boundary) and keeps only the two newest snapshots.
+    fn write_snapshot(&self, inner: &Inner, offset: i64) -> Result<()> {
+        let path = segment_file(&self.dir, offset, SNAPSHOT_SUFFIX);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, inner.producers.to_bytes())?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        let mut snaps: Vec<i64> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_offset_file(&e.file_name().to_string_lossy(), SNAPSHOT_SUFFIX))
+            .collect();
+        snaps.sort_unstable();
+        for old in snaps.iter().rev().skip(2) {
+            let _ = std::fs::remove_file(segment_file(&self.dir, *old, SNAPSHOT_SUFFIX));
+        }
+        Ok(())
     }
 
     pub fn topic(&self) -> &str {
@@ -374,6 +451,7 @@ impl Log {
         )?;
         inner.segments.insert(next, seg);
         // Every segment before the new one is sealed and fsynced: recovery may skip them.
+        self.write_snapshot(inner, next)?;
         write_i64_file(&self.dir.join(RECOVERY_CHECKPOINT), next)?;
         Ok(())
     }
@@ -398,6 +476,7 @@ impl Log {
             now_ms(),
         )?;
         inner.segments.insert(next, seg);
+        self.write_snapshot(&inner, next)?;
         write_i64_file(&self.dir.join(RECOVERY_CHECKPOINT), next)?;
         Ok(())
     }
@@ -587,6 +666,7 @@ impl Log {
             active.seal()?;
         }
         self.durable.fetch_max(next, Ordering::AcqRel);
+        self.write_snapshot(&inner, next)?;
         write_i64_file(&self.dir.join(RECOVERY_CHECKPOINT), next)?;
         std::fs::write(self.dir.join(CLEAN_MARKER), b"")?;
         std::fs::File::open(&self.dir)?.sync_all()?;

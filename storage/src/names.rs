@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// Idempotent-producer state as of the file's offset (written at roll and clean close).
+pub const SNAPSHOT_SUFFIX: &str = "snapshot";
 /// Written on clean close, removed on the first append after open: its presence means no torn tail.
 pub const CLEAN_MARKER: &str = ".clean-shutdown";
 /// Holds the base offset of the active segment when every older segment was fsynced (written at roll).
@@ -24,7 +26,12 @@ pub fn segment_file(dir: &Path, base_offset: i64, suffix: &str) -> PathBuf {
 
 /// The base offset of a `.log` file name, or `None` for anything else.
 pub fn parse_log_file(name: &str) -> Option<i64> {
-    let stem = name.strip_suffix(".log")?;
+    parse_offset_file(name, LOG_SUFFIX)
+}
+
+/// The offset of a `<20 digits>.<suffix>` file name.
+pub fn parse_offset_file(name: &str, suffix: &str) -> Option<i64> {
+    let stem = name.strip_suffix(suffix)?.strip_suffix('.')?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

@@ -137,6 +137,67 @@ impl ProducerStates {
         self.producers.len()
     }
 
+    /// The snapshot file format: the producer count (u32), then for each producer, id (i64), epoch (i16), batch count (u8), then per batch
+    /// first/last sequence (i32) and first/last offset (i64); all big-endian; then a CRC-32 (IEEE) of the rest.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.producers.len() * 64);
+        let mut ids: Vec<&i64> = self.producers.keys().collect();
+        ids.sort_unstable();
+        out.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+        for id in ids {
+            let p = &self.producers[id];
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&p.epoch.to_be_bytes());
+            out.push(p.batches.len() as u8);
+            for b in &p.batches {
+                out.extend_from_slice(&b.first_seq.to_be_bytes());
+                out.extend_from_slice(&b.last_seq.to_be_bytes());
+                out.extend_from_slice(&b.first_offset.to_be_bytes());
+                out.extend_from_slice(&b.last_offset.to_be_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    /// Reads a snapshot; `None` if it is truncated, corrupt or malformed (the caller then rebuilds from the log).
+    pub fn from_bytes(data: &[u8]) -> Option<ProducerStates> {
+        let (body, crc) = data.split_at_checked(data.len().checked_sub(4)?)?;
+        if crc32fast::hash(body) != u32::from_be_bytes(crc.try_into().ok()?) {
+            return None;
+        }
+        let mut states = ProducerStates::default();
+        let mut r = body;
+        fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, tail) = r.split_at_checked(n)?;
+            *r = tail;
+            Some(head)
+        }
+        let i64_of = |b: &[u8]| b.try_into().ok().map(i64::from_be_bytes);
+        let i32_of = |b: &[u8]| b.try_into().ok().map(i32::from_be_bytes);
+        let count = u32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?);
+        for _ in 0..count {
+            let id = i64_of(take(&mut r, 8)?)?;
+            let epoch = i16::from_be_bytes(take(&mut r, 2)?.try_into().ok()?);
+            let n = take(&mut r, 1)?[0] as usize;
+            if n > REMEMBERED_BATCHES {
+                return None;
+            }
+            let mut batches = VecDeque::with_capacity(n);
+            for _ in 0..n {
+                batches.push_back(BatchMeta {
+                    first_seq: i32_of(take(&mut r, 4)?)?,
+                    last_seq: i32_of(take(&mut r, 4)?)?,
+                    first_offset: i64_of(take(&mut r, 8)?)?,
+                    last_offset: i64_of(take(&mut r, 8)?)?,
+                });
+            }
+            states.producers.insert(id, Producer { epoch, batches });
+        }
+        r.is_empty().then_some(states)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
     }
@@ -189,6 +250,28 @@ mod tests {
         ));
         // Unknown producers are accepted at any sequence.
         assert_eq!(s.check(&batch(8, 0, 42, 1)).unwrap(), Check::Append);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_reject_corruption() {
+        let mut s = ProducerStates::default();
+        for (pid, n) in [(1, 7), (9, 2)] {
+            for i in 0..n {
+                s.update(&batch(pid, 3, i, 1), i64::from(i), i64::from(i));
+            }
+        }
+        let bytes = s.to_bytes();
+        assert_eq!(ProducerStates::from_bytes(&bytes), Some(s.clone()));
+        for cut in 0..bytes.len() {
+            assert_eq!(ProducerStates::from_bytes(&bytes[..cut]), None);
+        }
+        let mut bad = bytes.clone();
+        bad[3] ^= 1;
+        assert_eq!(ProducerStates::from_bytes(&bad), None);
+        assert_eq!(
+            ProducerStates::from_bytes(&ProducerStates::default().to_bytes()),
+            Some(ProducerStates::default())
+        );
     }
 
     #[test]

@@ -35,9 +35,9 @@ pub struct Segment {
     time_index: TimeIndex,
     bytes_since_index: u64,
     pub next_offset: i64,
-    /// Largest batch max-timestamp in the segment, and the file position of that batch.
+    /// Largest batch max-timestamp in the segment, and an offset inside the batch that carries it.
     pub max_timestamp: i64,
-    max_timestamp_pos: usize,
+    max_timestamp_offset: i64,
     /// Wall-clock time of the first append (or of opening), for roll by age and time retention fallback.
     pub created_ms: i64,
 }
@@ -86,7 +86,7 @@ impl Segment {
             bytes_since_index: 0,
             next_offset: base_offset,
             max_timestamp: -1,
-            max_timestamp_pos: 0,
+            max_timestamp_offset: base_offset,
             created_ms: now_ms,
         })
     }
@@ -122,7 +122,7 @@ impl Segment {
             bytes_since_index: 0,
             next_offset: base_offset,
             max_timestamp: -1,
-            max_timestamp_pos: 0,
+            max_timestamp_offset: base_offset,
             created_ms: now_ms,
         };
         let data_len = file_len as usize;
@@ -180,7 +180,7 @@ impl Segment {
         self.bytes_since_index += len as u64;
         if h.max_timestamp > self.max_timestamp {
             self.max_timestamp = h.max_timestamp;
-            self.max_timestamp_pos = pos;
+            self.max_timestamp_offset = h.base_offset;
             self.time_index.maybe_push(h.max_timestamp, rel);
         }
         self.next_offset = h.last_offset() + 1;
@@ -274,14 +274,60 @@ impl Segment {
         if self.is_empty() || self.max_timestamp < 0 {
             return None;
         }
+        let pos = self.find(self.max_timestamp_offset)?;
         let data = &self.map.as_slice()[..self.size];
-        let h = BatchHeader::parse(&data[self.max_timestamp_pos..]).ok()?;
-        let batch = self.map.bytes(
-            self.max_timestamp_pos,
-            self.max_timestamp_pos + h.total_len(),
-        );
+        let h = BatchHeader::parse(&data[pos..]).ok()?;
+        let batch = self.map.bytes(pos, pos + h.total_len());
         let (offset, _) = first_record_at_or_after(&h, &batch, h.max_timestamp);
         Some((h.max_timestamp, offset))
+    }
+
+    /// Opens a sealed segment that recovery may trust (fsynced at roll, below the recovery checkpoint) without
+    /// reading its batches: the indexes come from disk and the segment ends where the next one begins.
+    /// `None` when an index is missing or malformed; the caller then opens it the slow way, rebuilding them.
+    pub fn open_sealed(dir: &Path, base_offset: i64, next_base: i64) -> Result<Option<Segment>> {
+        let (log, idx, tidx) = Self::paths(dir, base_offset);
+        let file = OpenOptions::new().read(true).write(true).open(&log)?;
+        let meta = file.metadata()?;
+        let size = meta.len() as usize;
+        if size == 0 {
+            return Ok(None);
+        }
+        let Some(index) = OffsetIndex::open_sealed(&idx, size)? else {
+            return Ok(None);
+        };
+        let Some((time_index, last)) = TimeIndex::open_sealed(&tidx)? else {
+            return Ok(None);
+        };
+        let created_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let map = LogMap::new(&file, size)?;
+        let (max_timestamp, rel) = last.unwrap_or((-1, 0));
+        Ok(Some(Segment {
+            base_offset,
+            log_path: log,
+            file: Arc::new(file),
+            map,
+            capacity: size,
+            size,
+            index,
+            time_index,
+            bytes_since_index: 0,
+            next_offset: next_base,
+            max_timestamp,
+            max_timestamp_offset: base_offset + i64::from(rel),
+            created_ms,
+        }))
+    }
+
+    /// Calls `f` with every batch header, in order (rebuilding producer state).
+    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) {
+        for (h, _) in BatchIter::new(&self.map.as_slice()[..self.size]).map_while(Result::ok) {
+            f(&h);
+        }
     }
 
     /// Offsets of batches' first records, for callers that walk the log (tests, producer state).

@@ -168,3 +168,63 @@ fn clean_close_and_crash_both_keep_every_batch() {
         assert!(h.base_offset <= offset && offset <= h.last_offset());
     }
 }
+
+#[test]
+fn trusted_segments_and_producer_snapshots_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let small = LogConfig {
+        segment_bytes: 1024,
+        ..config()
+    };
+    // Batch i of producer 7 carries sequences [i, i] at timestamp 1000 + i.
+    let idem = |i: usize| batch(i, 1, Some((7, i as i32)));
+    let want = {
+        let log = Log::open(&path, "t", 0, small.clone()).unwrap();
+        for i in 0..60 {
+            log.append(&mut BytesMut::from(&idem(i)[..]), 5).unwrap();
+        }
+        assert!(log.segment_count() > 5);
+        let want = all_batches(&log);
+        log.close().unwrap();
+        want
+    };
+    for round in 0..2 {
+        let log = Log::open(&path, "t", 0, small.clone()).unwrap();
+        assert_eq!(all_batches(&log), want, "round {round}");
+        // Producer state came back: the last batch is a duplicate, the next sequence is accepted.
+        let dup = log.append(&mut BytesMut::from(&idem(59)[..]), 5).unwrap();
+        assert!(
+            dup.duplicate && dup.base_offset == 59,
+            "round {round}: {dup:?}"
+        );
+        assert_eq!(log.offset_for_timestamp(1_000 + 17), Some((17, 1_017)));
+        assert_eq!(log.max_timestamp(), Some((1_059, 59)));
+        if round == 0 {
+            log.close().unwrap();
+        } else {
+            // Crash after more appends: the trusted prefix is not re-read, the tail is recovered.
+            log.append(&mut BytesMut::from(&idem(60)[..]), 5).unwrap();
+            drop(log);
+            let log = Log::open(&path, "t", 0, small.clone()).unwrap();
+            assert_eq!(log.log_end_offset(), 61);
+            assert!(
+                log.append(&mut BytesMut::from(&idem(60)[..]), 5)
+                    .unwrap()
+                    .duplicate
+            );
+            assert!(
+                log.append(&mut BytesMut::from(&idem(62)[..]), 5).is_err(),
+                "sequence gap is refused"
+            );
+        }
+    }
+    let snapshots = std::fs::read_dir(&path).unwrap().filter(|e| {
+        e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".snapshot")
+    });
+    assert!(snapshots.count() <= 2);
+}

@@ -24,7 +24,8 @@ pub fn workspace_root() -> PathBuf {
 /// Path of the millrace binary under test.
 pub fn binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("MILLRACE_BIN") {
-        return Ok(PathBuf::from(p));
+        // A relative path means relative to the workspace root (tests run with their package as cwd).
+        return Ok(workspace_root().join(p));
     }
     let root = workspace_root();
     let candidates = ["target/release/millrace", "target/debug/millrace"].map(|p| root.join(p));
