@@ -46,7 +46,7 @@ pub async fn serve(
                 FrameCheck::Complete { body_len } => {
                     let mut frame = buf.split_to(4 + body_len);
                     let body: Bytes = frame.split_off(4).freeze();
-                    match handlers::handle(&broker, body).await {
+                    match handlers::handle(&broker, body, peer).await {
                         Ok(Reply::None) => {}
                         Ok(reply) => {
                             if tx.send(reply).await.is_err() {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod groups;
 pub mod handlers;
 pub mod log_config;
 pub mod server;

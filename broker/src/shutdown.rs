@@ -20,6 +20,15 @@ impl Shutdown {
         }
     }
 
+    /// Another listener for the same signal (for a task spawned by the holder of this one).
+    pub fn clone_receiver(&self) -> Shutdown {
+        Shutdown {
+            is_shutdown: self.is_shutdown,
+            notify: self.notify.resubscribe(),
+            _done: self._done.clone(),
+        }
+    }
+
     pub fn is_shutdown(&self) -> bool {
         self.is_shutdown
     }

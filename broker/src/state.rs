@@ -9,12 +9,14 @@ use tokio::task::JoinHandle;
 
 use crate::config::BrokerConfig;
 use crate::error::Result;
+use crate::groups::{Coordinator, GroupConfig, OffsetStore, OFFSETS_TOPIC};
 use crate::shutdown::Shutdown;
 use crate::topics::{Topic, Topics};
 
 /// Invariant: `topics` owns every open log of `logs`; handlers reach logs only through `topics`.
 pub struct Broker {
     pub config: BrokerConfig,
+    pub groups: Coordinator,
     pub logs: Arc<LogManager>,
     pub topics: Topics,
     pub node_id: i32,
@@ -36,8 +38,10 @@ impl Broker {
         let logs = Arc::new(LogManager::open(&data_dir)?);
         let topics = Topics::open(&data_dir, logs.clone(), &config)?;
         let node_id = config.get_i64("node.id") as i32;
+        let groups = open_coordinator(&config, &topics)?;
         Ok(Arc::new(Broker {
             config,
+            groups,
             logs,
             topics,
             node_id,
@@ -82,6 +86,17 @@ impl Broker {
             let mut tick = tokio::time::interval(Duration::from_millis(every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let groups = broker.clone();
+            let mut group_shutdown = shutdown.clone_receiver();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        _ = t.tick() => groups.groups.tick(),
+                        _ = group_shutdown.recv() => return,
+                    }
+                }
+            });
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -109,6 +124,38 @@ impl Broker {
         self.logs.shutdown()?;
         Ok(())
     }
+}
+
+/// Creates the internal offsets topic if needed and replays it.
+fn open_coordinator(config: &BrokerConfig, topics: &Topics) -> Result<Coordinator> {
+    let topic = match topics.get(OFFSETS_TOPIC) {
+        Some(t) => t,
+        None => {
+            let partitions = config
+                .get_i64("offsets.topic.num.partitions")
+                .clamp(1, 1000) as i32;
+            // Compaction is what bounds this topic in Kafka; until millrace compacts, it is kept whole.
+            let configs = [
+                ("cleanup.policy", "compact"),
+                ("retention.ms", "-1"),
+                ("segment.bytes", "104857600"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            topics.create(config, OFFSETS_TOPIC, partitions, configs)?
+        }
+    };
+    let offsets = OffsetStore::load(topic.partitions.clone())?;
+    let ms = |name: &str| Duration::from_millis(config.get_i64(name).max(0) as u64);
+    Ok(Coordinator::new(
+        GroupConfig {
+            min_session: ms("group.min.session.timeout.ms"),
+            max_session: ms("group.max.session.timeout.ms"),
+            initial_rebalance_delay: ms("group.initial.rebalance.delay.ms"),
+        },
+        offsets,
+    ))
 }
 
 pub fn now_ms() -> i64 {

@@ -148,8 +148,10 @@ fn hundred_partitions_explicit_and_partitioned() {
         .collect();
     produce_all(&p, "wide", &keyed);
     let mut total = 0;
-    for part in 0..100 {
-        let (lo, hi) = watermarks(&b.bootstrap(), "wide", part);
+    for (part, (lo, hi)) in all_watermarks(&b.bootstrap(), "wide", 100)
+        .into_iter()
+        .enumerate()
+    {
         assert_eq!(lo, 0);
         assert!(hi >= 3, "partition {part} has {hi}");
         total += hi;

@@ -275,6 +275,30 @@ pub const BROKER: &[BrokerDef] = &[
         kind: Kind::Int,
         dynamic: true,
     },
+    BrokerDef {
+        name: "group.min.session.timeout.ms",
+        default: "6000",
+        kind: Kind::Int,
+        dynamic: false,
+    },
+    BrokerDef {
+        name: "group.max.session.timeout.ms",
+        default: "1800000",
+        kind: Kind::Int,
+        dynamic: false,
+    },
+    BrokerDef {
+        name: "group.initial.rebalance.delay.ms",
+        default: "3000",
+        kind: Kind::Int,
+        dynamic: false,
+    },
+    BrokerDef {
+        name: "offsets.topic.num.partitions",
+        default: "50",
+        kind: Kind::Int,
+        dynamic: false,
+    },
 ];
 
 pub const TOPIC: &[TopicDef] = &[

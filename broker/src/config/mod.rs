@@ -81,6 +81,10 @@ impl BrokerConfig {
             flatten("", &value, &mut pairs);
         }
         for (k, v) in env {
+            // MILLRACE_LOG is the log filter and MILLRACE_BIN the tests' binary, not settings.
+            if k == "MILLRACE_LOG" || k == "MILLRACE_BIN" {
+                continue;
+            }
             if let Some(rest) = k.strip_prefix("MILLRACE_") {
                 pairs.push((rest.to_ascii_lowercase().replace('_', "."), v));
             }

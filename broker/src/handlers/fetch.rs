@@ -19,7 +19,7 @@ use millrace_protocol::messages::fetch_response::{
 };
 use millrace_storage::Log;
 
-use super::{respond, Reply};
+use super::{respond, respond_later, Reply};
 use crate::state::Broker;
 
 /// One requested partition, resolved once.
@@ -158,6 +158,14 @@ pub fn handle(
         };
         respond(header, |w, v| resp.encode(w, v))
     };
+    let finish_later = |topics: Vec<FetchableTopicResponse>, header: &RequestHeader| {
+        let resp = FetchResponse {
+            responses: topics,
+            session_id: 0,
+            ..Default::default()
+        };
+        respond_later(header, |w, v| resp.encode(w, v))
+    };
     if total >= min_bytes || any_error || req.max_wait_ms <= 0 || wants.is_empty() {
         return Ok(Reply::Ready(finish(topics, header)?));
     }
@@ -185,12 +193,12 @@ pub fn handle(
             }
             let (topics, total, any_error) = read_all(&wants, max_bytes);
             if total >= min_bytes || any_error || tokio::time::Instant::now() >= deadline {
-                return finish(topics, &header).unwrap_or_default();
+                return finish_later(topics, &header);
             }
             let any = futures_select_all(notified);
             if tokio::time::timeout_at(deadline, any).await.is_err() {
                 let (topics, _, _) = read_all(&wants, max_bytes);
-                return finish(topics, &header).unwrap_or_default();
+                return finish_later(topics, &header);
             }
         }
     })))

@@ -23,12 +23,19 @@ mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
 mod fetch;
+mod find_coordinator;
+mod heartbeat;
 mod incremental_alter_configs;
 mod init_producer_id;
+mod join_group;
+mod leave_group;
 mod list_offsets;
 mod metadata;
+mod offset_commit;
+mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
+mod sync_group;
 
 /// What a request gets back.
 pub enum Reply {
@@ -46,6 +53,13 @@ const HANDLED: &[i16] = &[
     1,  // Fetch
     2,  // ListOffsets
     3,  // Metadata
+    8,  // OffsetCommit
+    9,  // OffsetFetch
+    10, // FindCoordinator
+    11, // JoinGroup
+    12, // Heartbeat
+    13, // LeaveGroup
+    14, // SyncGroup
     18, // ApiVersions
     19, // CreateTopics
     20, // DeleteTopics
@@ -79,9 +93,25 @@ pub fn respond(
     Ok(w.finish_frame())
 }
 
+/// [`respond`] for deferred replies: an encoding failure (a bug: a value this version cannot carry) is logged,
+/// and the client gets no answer for that request rather than a corrupt one.
+pub fn respond_later(
+    header: &RequestHeader,
+    encode: impl FnOnce(&mut Writer, i16) -> millrace_protocol::Result<()>,
+) -> Vec<Bytes> {
+    respond(header, encode).unwrap_or_else(|e| {
+        tracing::error!(api_key = header.api_key, version = header.api_version, error = %e, "response not sent");
+        Vec::new()
+    })
+}
+
 /// Handles one request frame (without its size prefix). `Err` means: close the connection (malformed frame,
 /// unknown API, unsupported version), as Kafka does.
-pub async fn handle(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, String> {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+    peer: std::net::SocketAddr,
+) -> Result<Reply, String> {
     let mut r = Reader::new(frame);
     let mut header =
         RequestHeader::decode_prefix(&mut r).map_err(|e| format!("bad request header: {e}"))?;
@@ -130,6 +160,13 @@ pub async fn handle(broker: &Arc<Broker>, frame: Bytes) -> Result<Reply, String>
             ready(incremental_alter_configs::handle(broker, &header, req)?)
         }
         RequestBody::DescribeCluster(req) => ready(describe_cluster::handle(broker, &header, req)?),
+        RequestBody::FindCoordinator(req) => ready(find_coordinator::handle(broker, &header, req)?),
+        RequestBody::JoinGroup(req) => join_group::handle(broker, &header, req, peer.to_string()),
+        RequestBody::SyncGroup(req) => sync_group::handle(broker, &header, req),
+        RequestBody::Heartbeat(req) => ready(heartbeat::handle(broker, &header, req)?),
+        RequestBody::LeaveGroup(req) => ready(leave_group::handle(broker, &header, req)?),
+        RequestBody::OffsetCommit(req) => offset_commit::handle(broker, &header, req),
+        RequestBody::OffsetFetch(req) => ready(offset_fetch::handle(broker, &header, req)?),
         RequestBody::OffsetForLeaderEpoch(req) => {
             ready(offset_for_leader_epoch::handle(broker, &header, req)?)
         }

@@ -19,7 +19,7 @@ use millrace_protocol::messages::produce_response::{
 use millrace_protocol::records::{validate_batch, BatchHeader};
 use millrace_storage::Log;
 
-use super::{respond, Reply};
+use super::{respond, respond_later, Reply};
 use crate::state::{now_ms, Broker};
 use crate::topics::Topic;
 
@@ -212,6 +212,6 @@ pub fn handle(
                 Err(_) => *p = partition_error(p.index, error_code::REQUEST_TIMED_OUT, None),
             }
         }
-        respond(&header, |w, v| resp.encode(w, v)).unwrap_or_default()
+        respond_later(&header, |w, v| resp.encode(w, v))
     })))
 }

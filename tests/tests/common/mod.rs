@@ -197,8 +197,25 @@ pub fn consume(bootstrap: &str, topic: &str, partitions: &[i32], count: usize) -
     out
 }
 
+/// Low and high watermarks. Transient client errors (a loaded CI machine) are retried with a fresh client.
 pub fn watermarks(bootstrap: &str, topic: &str, partition: i32) -> (i64, i64) {
-    consumer(bootstrap)
-        .fetch_watermarks(topic, partition, Duration::from_secs(10))
-        .expect("watermarks")
+    let mut last = None;
+    for _ in 0..3 {
+        match consumer(bootstrap).fetch_watermarks(topic, partition, Duration::from_secs(20)) {
+            Ok(w) => return w,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("watermarks of {topic}/{partition}: {last:?}")
+}
+
+/// Watermarks of many partitions through one client.
+pub fn all_watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let c = consumer(bootstrap);
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(20))
+                .unwrap_or_else(|_| watermarks(bootstrap, topic, p))
+        })
+        .collect()
 }

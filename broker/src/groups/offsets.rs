@@ -1,0 +1,242 @@
+//! Committed offsets, kept in memory and made durable as records in the internal topic `__consumer_offsets`
+//! (partition = hash of the group id), written with acks=all durability and replayed on start.
+//!
+//! Record format (ours): key = `o` 0x00 group 0x00 topic 0x00 partition (decimal); value = offset (i64),
+//! leader epoch (i32), commit time (i64), metadata (the rest), big-endian; a null value is a deletion.
+//! Invariant: the in-memory map equals the replay of the topic's records in offset order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use millrace_protocol::records::{
+    BatchBuilder, BatchHeader, BatchIter, RecordIter, BATCH_HEADER_LEN,
+};
+use millrace_storage::Log;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_ms: i64,
+}
+
+type GroupOffsets = BTreeMap<(String, i32), Committed>;
+
+pub struct OffsetStore {
+    logs: Vec<Arc<Log>>,
+    map: Mutex<HashMap<String, GroupOffsets>>,
+}
+
+/// Kafka's partitioning of groups over the offsets topic: the Java String hash, made non-negative.
+pub fn partition_for(group: &str, partitions: usize) -> usize {
+    let mut h: i32 = 0;
+    for c in group.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(i32::from(c));
+    }
+    (h & 0x7fff_ffff) as usize % partitions.max(1)
+}
+
+fn key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    format!("o\0{group}\0{topic}\0{partition}").into_bytes()
+}
+
+fn parse_key(k: &[u8]) -> Option<(String, String, i32)> {
+    let s = std::str::from_utf8(k).ok()?;
+    let mut parts = s.split('\0');
+    if parts.next()? != "o" {
+        return None;
+    }
+    let group = parts.next()?.to_string();
+    let topic = parts.next()?.to_string();
+    let partition = parts.next()?.parse().ok()?;
+    Some((group, topic, partition))
+}
+
+fn value(c: &Committed) -> Vec<u8> {
+    let mut v = BytesMut::with_capacity(20 + c.metadata.as_ref().map_or(0, String::len));
+    v.put_i64(c.offset);
+    v.put_i32(c.leader_epoch);
+    v.put_i64(c.commit_ms);
+    if let Some(m) = &c.metadata {
+        v.put_u8(1);
+        v.put_slice(m.as_bytes());
+    } else {
+        v.put_u8(0);
+    }
+    v.to_vec()
+}
+
+fn parse_value(v: &[u8]) -> Option<Committed> {
+    let offset = i64::from_be_bytes(v.get(0..8)?.try_into().ok()?);
+    let leader_epoch = i32::from_be_bytes(v.get(8..12)?.try_into().ok()?);
+    let commit_ms = i64::from_be_bytes(v.get(12..20)?.try_into().ok()?);
+    let metadata = match v.get(20)? {
+        0 => None,
+        _ => Some(String::from_utf8_lossy(v.get(21..)?).to_string()),
+    };
+    Some(Committed {
+        offset,
+        leader_epoch,
+        metadata,
+        commit_ms,
+    })
+}
+
+impl OffsetStore {
+    /// Replays every partition of the offsets topic.
+    pub fn load(logs: Vec<Arc<Log>>) -> Result<OffsetStore> {
+        let mut map: HashMap<String, GroupOffsets> = HashMap::new();
+        for log in &logs {
+            let mut offset = log.log_start_offset();
+            while offset < log.log_end_offset() {
+                let slice = log.read(offset, 8 << 20, true)?;
+                if slice.records.is_empty() {
+                    break;
+                }
+                for item in BatchIter::new(&slice.records) {
+                    let (h, bytes): (BatchHeader, &[u8]) = item?;
+                    offset = h.last_offset() + 1;
+                    let start = bytes.as_ptr() as usize - slice.records.as_ptr() as usize;
+                    let body = slice
+                        .records
+                        .slice(start + BATCH_HEADER_LEN..start + bytes.len());
+                    for rec in
+                        RecordIter::new(body, h.base_offset, h.base_timestamp, h.records_count)
+                    {
+                        let rec = rec?;
+                        let Some((group, topic, partition)) =
+                            rec.key.as_deref().and_then(parse_key)
+                        else {
+                            continue;
+                        };
+                        let entry = map.entry(group).or_default();
+                        match rec.value.as_deref().and_then(parse_value) {
+                            Some(c) => {
+                                entry.insert((topic, partition), c);
+                            }
+                            None => {
+                                entry.remove(&(topic, partition));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        map.retain(|_, v| !v.is_empty());
+        Ok(OffsetStore {
+            logs,
+            map: Mutex::new(map),
+        })
+    }
+
+    fn log_for(&self, group: &str) -> Result<&Arc<Log>> {
+        self.logs
+            .get(partition_for(group, self.logs.len()))
+            .ok_or_else(|| Error::Config("the offsets topic has no partitions".into()))
+    }
+
+    /// Writes commits (or, with `None`, deletions) durably, then applies them to the in-memory view.
+    pub async fn write(
+        &self,
+        group: &str,
+        entries: Vec<((String, i32), Option<Committed>)>,
+        now_ms: i64,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut b = BatchBuilder::new(now_ms);
+        for ((topic, partition), c) in &entries {
+            let v = c.as_ref().map(value);
+            b.push(
+                now_ms,
+                Some(&key(group, topic, *partition)),
+                v.as_deref(),
+                &[],
+            );
+        }
+        let batch: Bytes = b.finish();
+        let log = self.log_for(group)?;
+        let info = log.append_slice(&batch, now_ms)?;
+        log.wait_durable(info.last_offset).await?;
+        let mut map = self.map.lock();
+        let g = map.entry(group.to_string()).or_default();
+        for (k, c) in entries {
+            match c {
+                Some(c) => {
+                    g.insert(k, c);
+                }
+                None => {
+                    g.remove(&k);
+                }
+            }
+        }
+        if g.is_empty() {
+            map.remove(group);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {
+        self.map
+            .lock()
+            .get(group)?
+            .get(&(topic.to_string(), partition))
+            .cloned()
+    }
+
+    /// Every committed offset of a group.
+    pub fn all(&self, group: &str) -> Vec<((String, i32), Committed)> {
+        self.map
+            .lock()
+            .get(group)
+            .map(|g| g.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Groups that have committed offsets.
+    pub fn groups(&self) -> Vec<String> {
+        self.map.lock().keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_round_trip() {
+        let k = key("g", "t.x", 7);
+        assert_eq!(parse_key(&k), Some(("g".into(), "t.x".into(), 7)));
+        let c = Committed {
+            offset: 42,
+            leader_epoch: 3,
+            metadata: Some("m".into()),
+            commit_ms: 9,
+        };
+        assert_eq!(parse_value(&value(&c)), Some(c));
+        let c = Committed {
+            offset: -1,
+            leader_epoch: -1,
+            metadata: None,
+            commit_ms: 0,
+        };
+        assert_eq!(parse_value(&value(&c)), Some(c));
+        assert_eq!(parse_value(&[1, 2]), None);
+    }
+
+    #[test]
+    fn partitioning_matches_kafka() {
+        // Java: Math.abs("my-group".hashCode()) % 50 == "my-group".hashCode() & 0x7fffffff % 50
+        assert_eq!(partition_for("", 50), 0);
+        assert!(partition_for("my-group", 50) < 50);
+        assert_eq!(partition_for("a", 50), 97 % 50);
+    }
+}
