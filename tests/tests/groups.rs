@@ -159,3 +159,166 @@ fn committed_offsets_survive_restart_and_kill_9() {
         "resumes exactly at the committed offset after kill -9"
     );
 }
+
+/// Polls until `pred` holds for the consumer's assignment or the deadline passes; returns the partitions.
+fn wait_assignment(
+    c: &BaseConsumer,
+    pred: impl Fn(&HashSet<i32>) -> bool,
+    within: Duration,
+) -> HashSet<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let _ = c.poll(Duration::from_millis(50));
+        let parts: HashSet<i32> = c
+            .assignment()
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        if pred(&parts) || Instant::now() > deadline {
+            return parts;
+        }
+    }
+}
+
+fn consumer_with(bootstrap: &str, group: &str, extra: &[(&str, &str)]) -> BaseConsumer {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500");
+    for (k, v) in extra {
+        cfg.set(*k, *v);
+    }
+    cfg.create().unwrap()
+}
+
+#[test]
+fn leave_rebalances_at_once_and_a_silent_member_expires() {
+    let b = Broker::start_with_env(&env()).unwrap();
+    let bs = b.bootstrap();
+    create_topic(&bs, "takeover", 4, &[]);
+    let a = consumer_with(&bs, "takeover-group", &[]);
+    let c = consumer_with(&bs, "takeover-group", &[]);
+    a.subscribe(&["takeover"]).unwrap();
+    c.subscribe(&["takeover"]).unwrap();
+    // Both members get two partitions.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pa = wait_assignment(&a, |p| p.len() == 2, Duration::from_millis(200));
+        let pc = wait_assignment(&c, |p| p.len() == 2, Duration::from_millis(200));
+        if pa.len() == 2 && pc.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no balanced assignment: {pa:?} {pc:?}"
+        );
+    }
+    // Graceful close (LeaveGroup): the other member takes everything well before a session timeout.
+    let started = Instant::now();
+    drop(c);
+    let pa = wait_assignment(&a, |p| p.len() == 4, Duration::from_secs(20));
+    assert_eq!(pa.len(), 4);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "rebalance after leave took {:?}",
+        started.elapsed()
+    );
+
+    // A member that goes away without LeaveGroup (a static member's close sends none, as a crashed client
+    // would not) keeps its partitions until its session times out (6 s), then the survivor takes them over.
+    let d = consumer_with(&bs, "takeover-group", &[("group.instance.id", "d")]);
+    d.subscribe(&["takeover"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pa = wait_assignment(&a, |p| p.len() == 2, Duration::from_millis(200));
+        let pd = wait_assignment(&d, |p| p.len() == 2, Duration::from_millis(200));
+        if pa.len() == 2 && pd.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no balanced assignment: {pa:?} {pd:?}"
+        );
+    }
+    drop(d);
+    let gone = Instant::now();
+    assert_eq!(
+        wait_assignment(&a, |p| p.len() == 4, Duration::from_secs(2)).len(),
+        2,
+        "no takeover before the timeout"
+    );
+    assert_eq!(
+        wait_assignment(&a, |p| p.len() == 4, Duration::from_secs(20)).len(),
+        4,
+        "takeover after the timeout"
+    );
+    assert!(
+        gone.elapsed() >= Duration::from_secs(5),
+        "took over after {:?}",
+        gone.elapsed()
+    );
+}
+
+#[test]
+fn static_member_restart_keeps_its_assignment_without_rebalance() {
+    let b = Broker::start_with_env(&env()).unwrap();
+    let bs = b.bootstrap();
+    create_topic(&bs, "static", 2, &[]);
+    let a = consumer_with(&bs, "static-group", &[("group.instance.id", "a")]);
+    let s = consumer_with(&bs, "static-group", &[("group.instance.id", "s")]);
+    a.subscribe(&["static"]).unwrap();
+    s.subscribe(&["static"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (pa, ps) = loop {
+        let pa = wait_assignment(&a, |p| p.len() == 1, Duration::from_millis(200));
+        let ps = wait_assignment(&s, |p| p.len() == 1, Duration::from_millis(200));
+        if pa.len() == 1 && ps.len() == 1 {
+            break (pa, ps);
+        }
+        assert!(Instant::now() < deadline, "no balanced assignment");
+    };
+    // A static member's close does not send LeaveGroup; it restarts within the session timeout with the same
+    // instance id and gets the same partition back while the other member is undisturbed.
+    drop(s);
+    let s2 = consumer_with(&bs, "static-group", &[("group.instance.id", "s")]);
+    s2.subscribe(&["static"]).unwrap();
+    let ps2 = wait_assignment(&s2, |p| p.len() == 1, Duration::from_secs(20));
+    assert_eq!(ps2, ps);
+    assert_eq!(
+        wait_assignment(&a, |_| false, Duration::from_millis(500)),
+        pa
+    );
+}
+
+#[test]
+fn cooperative_sticky_assignor_works() {
+    let b = Broker::start_with_env(&env()).unwrap();
+    let bs = b.bootstrap();
+    create_topic(&bs, "coop", 4, &[]);
+    let extra = [("partition.assignment.strategy", "cooperative-sticky")];
+    let a = consumer_with(&bs, "coop-group", &extra);
+    a.subscribe(&["coop"]).unwrap();
+    assert_eq!(
+        wait_assignment(&a, |p| p.len() == 4, Duration::from_secs(20)).len(),
+        4
+    );
+    let c = consumer_with(&bs, "coop-group", &extra);
+    c.subscribe(&["coop"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let pa = wait_assignment(&a, |p| p.len() == 2, Duration::from_millis(200));
+        let pc = wait_assignment(&c, |p| p.len() == 2, Duration::from_millis(200));
+        if pa.len() == 2 && pc.len() == 2 {
+            assert!(pa.is_disjoint(&pc));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "incremental rebalance did not settle: {pa:?} {pc:?}"
+        );
+    }
+}

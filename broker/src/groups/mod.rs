@@ -399,7 +399,9 @@ impl Coordinator {
         if let Err(e) = check_member(g, member_id, instance_id, generation) {
             return e;
         }
-        if g.state == GroupState::PreparingRebalance {
+        // As in Kafka: members of the current generation may still commit while a rebalance is being prepared
+        // (so that they can commit before rejoining), but not between the join and the new assignment.
+        if g.state == GroupState::CompletingRebalance {
             return code::REBALANCE_IN_PROGRESS;
         }
         code::NONE
@@ -501,6 +503,26 @@ impl Coordinator {
     }
 }
 
+/// The topics in a consumer-protocol subscription (version i16, then an array of strings); empty when the
+/// metadata is not in that format.
+pub fn subscribed_topics(metadata: &[u8]) -> Vec<String> {
+    let mut r = millrace_protocol::codec::Reader::new(Bytes::copy_from_slice(metadata));
+    let mut out = Vec::new();
+    if r.i16().is_err() {
+        return out;
+    }
+    let Ok(Some(n)) = r.array_len(false) else {
+        return out;
+    };
+    for _ in 0..n {
+        match r.string(false, "topic") {
+            Ok(t) => out.push(t),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
 fn check_member(
     g: &Group,
     member_id: &str,
@@ -527,4 +549,80 @@ fn hex_id() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coordinator(dir: &std::path::Path) -> Coordinator {
+        let log = std::sync::Arc::new(
+            millrace_storage::Log::open(
+                dir,
+                OFFSETS_TOPIC,
+                0,
+                millrace_storage::LogConfig::default(),
+            )
+            .unwrap(),
+        );
+        Coordinator::new(
+            GroupConfig {
+                min_session: Duration::from_millis(10),
+                max_session: Duration::from_secs(60),
+                initial_rebalance_delay: Duration::from_millis(0),
+            },
+            OffsetStore::load(vec![log]).unwrap(),
+        )
+    }
+
+    fn join_req(member: &str) -> JoinRequest {
+        JoinRequest {
+            group_id: "g".into(),
+            session_timeout_ms: 100,
+            rebalance_timeout_ms: 100,
+            member_id: member.into(),
+            instance_id: None,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+            client_id: "c".into(),
+            client_host: "h".into(),
+            require_known_member_id: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn two_step_join_sync_and_session_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        let first = c.join(join_req("")).await;
+        assert_eq!(first.error_code, code::MEMBER_ID_REQUIRED);
+        let joined = c.join(join_req(&first.member_id)).await;
+        assert_eq!((joined.error_code, joined.generation), (0, 1));
+        assert_eq!(joined.leader, first.member_id);
+        assert_eq!(joined.members.len(), 1);
+        let synced = c
+            .sync(
+                "g",
+                1,
+                &first.member_id,
+                None,
+                vec![(first.member_id.clone(), Bytes::from_static(b"a"))],
+            )
+            .await;
+        assert_eq!((synced.error_code, &synced.assignment[..]), (0, &b"a"[..]));
+        assert_eq!(c.heartbeat("g", 1, &first.member_id, None), 0);
+        assert_eq!(
+            c.heartbeat("g", 0, &first.member_id, None),
+            code::ILLEGAL_GENERATION
+        );
+        assert_eq!(c.describe("g").state, "Stable");
+        // Silent past the session timeout: expired by the tick, the group is empty.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c.tick();
+        assert_eq!(c.describe("g").state, "Empty");
+        assert_eq!(
+            c.heartbeat("g", 1, &first.member_id, None),
+            code::UNKNOWN_MEMBER_ID
+        );
+    }
 }

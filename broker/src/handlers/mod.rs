@@ -18,10 +18,12 @@ mod alter_configs;
 mod api_versions;
 mod create_partitions;
 mod create_topics;
+mod delete_groups;
 mod delete_records;
 mod delete_topics;
 mod describe_cluster;
 mod describe_configs;
+mod describe_groups;
 mod fetch;
 mod find_coordinator;
 mod heartbeat;
@@ -29,9 +31,11 @@ mod incremental_alter_configs;
 mod init_producer_id;
 mod join_group;
 mod leave_group;
+mod list_groups;
 mod list_offsets;
 mod metadata;
 mod offset_commit;
+mod offset_delete;
 mod offset_fetch;
 mod offset_for_leader_epoch;
 mod produce;
@@ -60,6 +64,8 @@ const HANDLED: &[i16] = &[
     12, // Heartbeat
     13, // LeaveGroup
     14, // SyncGroup
+    15, // DescribeGroups
+    16, // ListGroups
     18, // ApiVersions
     19, // CreateTopics
     20, // DeleteTopics
@@ -69,7 +75,9 @@ const HANDLED: &[i16] = &[
     32, // DescribeConfigs
     33, // AlterConfigs
     37, // CreatePartitions
+    42, // DeleteGroups
     44, // IncrementalAlterConfigs
+    47, // OffsetDelete
     60, // DescribeCluster
 ];
 
@@ -167,6 +175,10 @@ pub async fn handle(
         RequestBody::LeaveGroup(req) => ready(leave_group::handle(broker, &header, req)?),
         RequestBody::OffsetCommit(req) => offset_commit::handle(broker, &header, req),
         RequestBody::OffsetFetch(req) => ready(offset_fetch::handle(broker, &header, req)?),
+        RequestBody::DescribeGroups(req) => ready(describe_groups::handle(broker, &header, req)?),
+        RequestBody::ListGroups(req) => ready(list_groups::handle(broker, &header, req)?),
+        RequestBody::DeleteGroups(req) => delete_groups::handle(broker, &header, req),
+        RequestBody::OffsetDelete(req) => offset_delete::handle(broker, &header, req),
         RequestBody::OffsetForLeaderEpoch(req) => {
             ready(offset_for_leader_epoch::handle(broker, &header, req)?)
         }
