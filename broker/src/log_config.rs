@@ -14,6 +14,10 @@ pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -
     let ts_type = config
         .topic_value(overrides, "message.timestamp.type")
         .map(|(v, _)| v);
+    let policy = config
+        .topic_value(overrides, "cleanup.policy")
+        .map(|(v, _)| v)
+        .unwrap_or_default();
     LogConfig {
         segment_bytes: get("segment.bytes").max(1024) as u64,
         segment_ms: get("segment.ms"),
@@ -29,6 +33,9 @@ pub fn log_config(config: &BrokerConfig, overrides: &BTreeMap<String, String>) -
         },
         flush_messages: get("flush.messages"),
         flush_ms: get("flush.ms"),
+        cleanup_delete: policy.split(',').any(|p| p.trim() == "delete"),
+        cleanup_compact: policy.split(',').any(|p| p.trim() == "compact"),
+        delete_retention_ms: get("delete.retention.ms"),
     }
 }
 

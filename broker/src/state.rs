@@ -97,6 +97,24 @@ impl Broker {
                     }
                 }
             });
+            let cleaner = broker.clone();
+            let mut cleaner_shutdown = shutdown.clone_receiver();
+            tokio::spawn(async move {
+                let every = cleaner
+                    .config
+                    .get_i64("log.cleaner.backoff.ms")
+                    .clamp(10, 86_400_000) as u64;
+                let mut t = tokio::time::interval(Duration::from_millis(every));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = t.tick() => {}
+                        _ = cleaner_shutdown.recv() => return,
+                    }
+                    let b = cleaner.clone();
+                    let _ = tokio::task::spawn_blocking(move || b.compact_logs()).await;
+                }
+            });
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -114,6 +132,18 @@ impl Broker {
             for log in &t.partitions {
                 if let Err(e) = log.apply_retention(now) {
                     tracing::warn!(topic = %t.name, error = %e, "retention failed");
+                }
+            }
+        }
+    }
+
+    /// One compaction pass over every compacted log (they skip themselves when not compacted).
+    fn compact_logs(&self) {
+        let now = now_ms();
+        for t in self.topics.all() {
+            for log in &t.partitions {
+                if let Err(e) = log.compact(now) {
+                    tracing::warn!(topic = %t.name, error = %e, "compaction failed");
                 }
             }
         }

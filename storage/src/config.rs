@@ -28,6 +28,12 @@ pub struct LogConfig {
     pub flush_messages: i64,
     /// fsync when the oldest unflushed append is older than this; i64::MAX: never on time.
     pub flush_ms: i64,
+    /// `cleanup.policy` contains `delete`: retention by time and size applies.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` contains `compact`: the cleaner keeps the latest record per key.
+    pub cleanup_compact: bool,
+    /// How long tombstones survive compaction (`delete.retention.ms`).
+    pub delete_retention_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -43,6 +49,9 @@ impl Default for LogConfig {
             message_timestamp_type: TimestampType::CreateTime,
             flush_messages: i64::MAX,
             flush_ms: i64::MAX,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention_ms: 24 * 3600 * 1000,
         }
     }
 }

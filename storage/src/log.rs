@@ -14,11 +14,12 @@ use millrace_protocol::records::{attributes, BatchHeader, CRC_START};
 use parking_lot::RwLock;
 use tokio::sync::Notify;
 
+use crate::cleaner::{self, CleanStats};
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{Error, Result};
 use crate::names::{
-    parse_log_file, parse_offset_file, segment_file, CLEAN_MARKER, LOG_START_CHECKPOINT,
-    RECOVERY_CHECKPOINT, SNAPSHOT_SUFFIX,
+    parse_log_file, parse_offset_file, segment_file, CLEANED_SUFFIX, CLEAN_MARKER,
+    LOG_START_CHECKPOINT, LOG_SUFFIX, RECOVERY_CHECKPOINT, SNAPSHOT_SUFFIX,
 };
 use crate::producer_state::{Check, ProducerStates};
 use crate::segment::Segment;
@@ -101,6 +102,12 @@ impl Log {
             std::fs::File::open(dir)?.sync_all()?;
         }
         let recovery_point = read_i64_file(&dir.join(RECOVERY_CHECKPOINT)).unwrap_or(0);
+        // A compaction interrupted before its swap leaves a `.cleaned` file: the original segment is intact.
+        for e in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().ends_with(CLEANED_SUFFIX) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let mut bases: Vec<i64> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| parse_log_file(&e.file_name().to_string_lossy()))
@@ -268,6 +275,86 @@ impl Log {
             let _ = std::fs::remove_file(segment_file(&self.dir, *old, SNAPSHOT_SUFFIX));
         }
         Ok(())
+    }
+
+    /// One compaction pass over the sealed segments (see [`crate::cleaner`]); a no-op unless the log is
+    /// compacted.
+    pub fn compact(&self, now_ms: i64) -> Result<CleanStats> {
+        let config = self.config.read().clone();
+        let mut stats = CleanStats {
+            next_tombstone_expiry: i64::MAX,
+            ..CleanStats::default()
+        };
+        if !config.cleanup_compact {
+            return Ok(stats);
+        }
+        let sealed: Vec<(i64, Bytes)> = {
+            let inner = self.inner.read();
+            let n = inner.segments.len().saturating_sub(1);
+            inner
+                .segments
+                .iter()
+                .take(n)
+                .map(|(b, s)| (*b, s.all_bytes()))
+                .collect()
+        };
+        if sealed.is_empty() {
+            return Ok(stats);
+        }
+        let all: Vec<Bytes> = sealed.iter().map(|(_, d)| d.clone()).collect();
+        let latest = cleaner::latest_offsets(&all);
+        for (base, data) in &sealed {
+            let Some(cleaned) = cleaner::clean_segment(
+                data,
+                &latest,
+                now_ms,
+                config.delete_retention_ms,
+                &mut stats,
+            ) else {
+                continue;
+            };
+            let log_path = segment_file(&self.dir, *base, LOG_SUFFIX);
+            let tmp = PathBuf::from(format!("{}{CLEANED_SUFFIX}", log_path.display()));
+            std::fs::write(&tmp, &cleaned)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            let mut inner = self.inner.write();
+            let still_there = inner
+                .segments
+                .get(base)
+                .is_some_and(|s| s.size == data.len())
+                && inner.segments.keys().next_back() != Some(base);
+            if !still_there || self.deleted.load(Ordering::Acquire) {
+                // Retention, DeleteRecords or deletion got there first.
+                let _ = std::fs::remove_file(&tmp);
+                continue;
+            }
+            // Readers holding slices of the old file keep its mapping; only the name moves.
+            drop(inner.segments.remove(base));
+            std::fs::rename(&tmp, &log_path)?;
+            std::fs::File::open(&self.dir)?.sync_all()?;
+            let (seg, _) = Segment::open(
+                &self.dir,
+                *base,
+                0,
+                config.segment_index_bytes,
+                config.index_interval_bytes,
+                false,
+                now_ms,
+                |_| {},
+            )?;
+            inner.segments.insert(*base, seg);
+            stats.segments_rewritten += 1;
+        }
+        if stats.segments_rewritten > 0 {
+            tracing::info!(
+                topic = %self.topic,
+                partition = self.partition,
+                segments = stats.segments_rewritten,
+                removed = stats.records_removed,
+                "compacted"
+            );
+        }
+        Ok(stats)
     }
 
     pub fn topic(&self) -> &str {
@@ -565,7 +652,7 @@ impl Log {
         let mut inner = self.inner.write();
         let mut deleted = 0;
         let mut total: i64 = inner.segments.values().map(|s| s.size as i64).sum();
-        while inner.segments.len() > 1 {
+        while config.cleanup_delete && inner.segments.len() > 1 {
             let Some((&base, oldest)) = inner.segments.iter().next() else {
                 break;
             };

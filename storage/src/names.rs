@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 pub const LOG_SUFFIX: &str = "log";
 pub const INDEX_SUFFIX: &str = "index";
 pub const TIME_INDEX_SUFFIX: &str = "timeindex";
+/// A compacted copy of a segment, written beside it (`<name>.log.cleaned`) before it replaces it.
+pub const CLEANED_SUFFIX: &str = ".cleaned";
 /// Idempotent-producer state as of the file's offset (written at roll and clean close).
 pub const SNAPSHOT_SUFFIX: &str = "snapshot";
 /// Written on clean close, removed on the first append after open: its presence means no torn tail.

@@ -323,6 +323,11 @@ impl Segment {
         }))
     }
 
+    /// The whole segment as a zero-copy slice (sealed segments never change, so it stays valid).
+    pub fn all_bytes(&self) -> Bytes {
+        self.map.bytes(0, self.size)
+    }
+
     /// Calls `f` with every batch header, in order (rebuilding producer state).
     pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) {
         for (h, _) in BatchIter::new(&self.map.as_slice()[..self.size]).map_while(Result::ok) {

@@ -299,6 +299,12 @@ pub const BROKER: &[BrokerDef] = &[
         kind: Kind::Int,
         dynamic: false,
     },
+    BrokerDef {
+        name: "log.cleaner.backoff.ms",
+        default: "15000",
+        kind: Kind::Long,
+        dynamic: false,
+    },
 ];
 
 pub const TOPIC: &[TopicDef] = &[

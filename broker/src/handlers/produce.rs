@@ -78,6 +78,15 @@ fn check_records(
         ));
     }
     validate_batch(records).map_err(|e| (error_code::CORRUPT_MESSAGE, e.to_string()))?;
+    if header.records_count <= 0
+        || i64::from(header.records_count) != i64::from(header.last_offset_delta) + 1
+    {
+        // A producer's batch has one record per offset (gaps only appear in compacted logs).
+        return Err((
+            error_code::INVALID_RECORD,
+            "record count does not match the batch's offset span".into(),
+        ));
+    }
     if header.is_control() {
         return Err((
             error_code::INVALID_RECORD,

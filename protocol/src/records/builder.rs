@@ -11,6 +11,9 @@ use crate::codec::{put_varint, put_varlong, uvarint_len};
 #[derive(Debug)]
 pub struct BatchBuilder {
     buf: BytesMut,
+    base_offset: i64,
+    partition_leader_epoch: i32,
+    last_delta: i32,
     base_timestamp: i64,
     max_timestamp: i64,
     count: i32,
@@ -33,6 +36,9 @@ impl BatchBuilder {
         buf.put_bytes(0, BATCH_HEADER_LEN);
         BatchBuilder {
             buf,
+            base_offset: 0,
+            partition_leader_epoch: 0,
+            last_delta: -1,
             base_timestamp,
             max_timestamp: base_timestamp,
             count: 0,
@@ -48,6 +54,13 @@ impl BatchBuilder {
         self.producer_id = id;
         self.producer_epoch = epoch;
         self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Sets the header's base offset and partition leader epoch (when rewriting a stored batch).
+    pub fn offsets(mut self, base_offset: i64, partition_leader_epoch: i32) -> Self {
+        self.base_offset = base_offset;
+        self.partition_leader_epoch = partition_leader_epoch;
         self
     }
 
@@ -76,8 +89,21 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[(&[u8], Option<&[u8]>)],
     ) {
+        let next = self.last_delta + 1;
+        self.push_at(next, timestamp, key, value, headers);
+    }
+
+    /// Appends a record at an explicit offset delta (strictly greater than the previous one). Gaps are allowed:
+    /// compaction rewrites batches keeping each surviving record's original offset.
+    pub fn push_at(
+        &mut self,
+        offset_delta: i32,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) {
         let ts_delta = timestamp.wrapping_sub(self.base_timestamp);
-        let offset_delta = self.count;
         let bytes_len = |b: Option<&[u8]>| match b {
             None => zigzag_len32(-1),
             Some(b) => zigzag_len32(b.len() as i32) + b.len(),
@@ -118,19 +144,20 @@ impl BatchBuilder {
             }
         }
         self.count += 1;
+        self.last_delta = offset_delta;
         self.max_timestamp = self.max_timestamp.max(timestamp);
     }
 
-    /// Writes the header (base offset 0) and CRC; returns the finished batch.
+    /// Writes the header and CRC; returns the finished batch.
     pub fn finish(mut self) -> Bytes {
         let total = self.buf.len();
         let h = &mut self.buf[..BATCH_HEADER_LEN];
-        h[0..8].copy_from_slice(&0i64.to_be_bytes());
+        h[0..8].copy_from_slice(&self.base_offset.to_be_bytes());
         h[8..12].copy_from_slice(&((total - LOG_OVERHEAD) as i32).to_be_bytes());
-        h[12..16].copy_from_slice(&0i32.to_be_bytes());
+        h[12..16].copy_from_slice(&self.partition_leader_epoch.to_be_bytes());
         h[16] = 2;
         h[21..23].copy_from_slice(&self.attributes.to_be_bytes());
-        h[23..27].copy_from_slice(&(self.count - 1).max(0).to_be_bytes());
+        h[23..27].copy_from_slice(&self.last_delta.max(0).to_be_bytes());
         h[27..35].copy_from_slice(&self.base_timestamp.to_be_bytes());
         h[35..43].copy_from_slice(&self.max_timestamp.to_be_bytes());
         h[43..51].copy_from_slice(&self.producer_id.to_be_bytes());
