@@ -97,6 +97,28 @@ impl Broker {
                     }
                 }
             });
+            let expiry = broker.clone();
+            let mut expiry_shutdown = shutdown.clone_receiver();
+            tokio::spawn(async move {
+                let every = expiry
+                    .config
+                    .get_i64("offsets.retention.check.interval.ms")
+                    .clamp(10, 86_400_000) as u64;
+                let retention = expiry
+                    .config
+                    .get_i64("offsets.retention.minutes")
+                    .max(1)
+                    .saturating_mul(60_000);
+                let mut t = tokio::time::interval(Duration::from_millis(every));
+                t.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = t.tick() => {}
+                        _ = expiry_shutdown.recv() => return,
+                    }
+                    expiry.groups.expire_offsets(now_ms(), retention).await;
+                }
+            });
             let cleaner = broker.clone();
             let mut cleaner_shutdown = shutdown.clone_receiver();
             tokio::spawn(async move {

@@ -305,6 +305,18 @@ pub const BROKER: &[BrokerDef] = &[
         kind: Kind::Long,
         dynamic: false,
     },
+    BrokerDef {
+        name: "offsets.retention.minutes",
+        default: "10080",
+        kind: Kind::Int,
+        dynamic: false,
+    },
+    BrokerDef {
+        name: "offsets.retention.check.interval.ms",
+        default: "600000",
+        kind: Kind::Long,
+        dynamic: false,
+    },
 ];
 
 pub const TOPIC: &[TopicDef] = &[

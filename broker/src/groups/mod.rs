@@ -494,6 +494,31 @@ impl Coordinator {
         }
     }
 
+    /// Deletes the committed offsets of groups without members whose commit is older than `retention_ms`
+    /// (`offsets.retention.minutes`). Kafka counts from when the group became empty; we count from the commit,
+    /// which is never earlier, so offsets live at least as long as Kafka keeps them.
+    pub async fn expire_offsets(&self, now_ms: i64, retention_ms: i64) -> usize {
+        let mut removed = 0;
+        for group in self.offsets.groups() {
+            if self.is_active(&group) {
+                continue;
+            }
+            let expired: Vec<_> = self
+                .offsets
+                .all(&group)
+                .into_iter()
+                .filter(|(_, c)| c.commit_ms.saturating_add(retention_ms) < now_ms)
+                .map(|(k, _)| (k, None))
+                .collect();
+            let n = expired.len();
+            match self.offsets.write(&group, expired, now_ms).await {
+                Ok(()) => removed += n,
+                Err(e) => tracing::warn!(%group, error = %e, "offset expiry failed"),
+            }
+        }
+        removed
+    }
+
     /// Whether any current member of the group is subscribed to (assigned) a topic; used by OffsetDelete.
     pub fn is_active(&self, group_id: &str) -> bool {
         self.groups
@@ -624,5 +649,31 @@ mod tests {
             c.heartbeat("g", 1, &first.member_id, None),
             code::UNKNOWN_MEMBER_ID
         );
+    }
+
+    #[tokio::test]
+    async fn offsets_of_empty_groups_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = coordinator(dir.path());
+        let commit = |offset| {
+            Some(Committed {
+                offset,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: 1_000,
+            })
+        };
+        c.offsets
+            .write("idle", vec![(("t".into(), 0), commit(5))], 1_000)
+            .await
+            .unwrap();
+        assert_eq!(c.expire_offsets(1_500, 1_000).await, 0, "not old enough");
+        assert_eq!(c.offsets.get("idle", "t", 0).map(|x| x.offset), Some(5));
+        assert_eq!(c.expire_offsets(5_000, 1_000).await, 1);
+        assert_eq!(c.offsets.get("idle", "t", 0), None);
+        // The deletion is durable: a reload of the same log sees no offsets.
+        drop(c);
+        let c = coordinator(dir.path());
+        assert!(c.offsets.groups().is_empty());
     }
 }
