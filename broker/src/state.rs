@@ -75,77 +75,60 @@ impl Broker {
         }
     }
 
-    /// Starts the background work: retention (and later compaction) on every log.
-    pub fn start_background(self: &Arc<Self>, mut shutdown: Shutdown) -> JoinHandle<()> {
-        let broker = self.clone();
-        tokio::spawn(async move {
-            let every = broker
-                .config
-                .get_i64("log.retention.check.interval.ms")
-                .clamp(100, 86_400_000) as u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(every));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            let groups = broker.clone();
-            let mut group_shutdown = shutdown.clone_receiver();
-            tokio::spawn(async move {
-                let mut t = tokio::time::interval(Duration::from_millis(50));
-                loop {
-                    tokio::select! {
-                        _ = t.tick() => groups.groups.tick(),
-                        _ = group_shutdown.recv() => return,
-                    }
+    /// Starts the background work: group timers (50 ms), committed-offset expiry, log compaction and
+    /// retention, each on its own period, all stopping at shutdown.
+    pub fn start_background(self: &Arc<Self>, shutdown: Shutdown) -> Vec<JoinHandle<()>> {
+        let period = |name: &str| {
+            Duration::from_millis(self.config.get_i64(name).clamp(10, 86_400_000) as u64)
+        };
+        let retention = self
+            .config
+            .get_i64("offsets.retention.minutes")
+            .max(1)
+            .saturating_mul(60_000);
+        let b = self.clone();
+        let groups = every(
+            shutdown.clone_receiver(),
+            Duration::from_millis(50),
+            move || {
+                b.groups.tick();
+                async {}
+            },
+        );
+        let b = self.clone();
+        let expiry = every(
+            shutdown.clone_receiver(),
+            period("offsets.retention.check.interval.ms"),
+            move || {
+                let b = b.clone();
+                async move {
+                    b.groups.expire_offsets(now_ms(), retention).await;
                 }
-            });
-            let expiry = broker.clone();
-            let mut expiry_shutdown = shutdown.clone_receiver();
-            tokio::spawn(async move {
-                let every = expiry
-                    .config
-                    .get_i64("offsets.retention.check.interval.ms")
-                    .clamp(10, 86_400_000) as u64;
-                let retention = expiry
-                    .config
-                    .get_i64("offsets.retention.minutes")
-                    .max(1)
-                    .saturating_mul(60_000);
-                let mut t = tokio::time::interval(Duration::from_millis(every));
-                t.tick().await;
-                loop {
-                    tokio::select! {
-                        _ = t.tick() => {}
-                        _ = expiry_shutdown.recv() => return,
-                    }
-                    expiry.groups.expire_offsets(now_ms(), retention).await;
-                }
-            });
-            let cleaner = broker.clone();
-            let mut cleaner_shutdown = shutdown.clone_receiver();
-            tokio::spawn(async move {
-                let every = cleaner
-                    .config
-                    .get_i64("log.cleaner.backoff.ms")
-                    .clamp(10, 86_400_000) as u64;
-                let mut t = tokio::time::interval(Duration::from_millis(every));
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = t.tick() => {}
-                        _ = cleaner_shutdown.recv() => return,
-                    }
-                    let b = cleaner.clone();
+            },
+        );
+        let b = self.clone();
+        let cleaner = every(
+            shutdown.clone_receiver(),
+            period("log.cleaner.backoff.ms"),
+            move || {
+                let b = b.clone();
+                async move {
                     let _ = tokio::task::spawn_blocking(move || b.compact_logs()).await;
                 }
-            });
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.recv() => return,
+            },
+        );
+        let b = self.clone();
+        let retention_task = every(
+            shutdown,
+            period("log.retention.check.interval.ms"),
+            move || {
+                let b = b.clone();
+                async move {
+                    let _ = tokio::task::spawn_blocking(move || b.apply_retention()).await;
                 }
-                let b = broker.clone();
-                let _ = tokio::task::spawn_blocking(move || b.apply_retention()).await;
-            }
-        })
+            },
+        );
+        vec![groups, expiry, cleaner, retention_task]
     }
 
     fn apply_retention(&self) {
@@ -176,6 +159,26 @@ impl Broker {
         self.logs.shutdown()?;
         Ok(())
     }
+}
+
+/// Runs `work` every `period` (first after one period) until shutdown; a slow run delays the next, never
+/// overlaps it.
+fn every<F, Fut>(mut shutdown: Shutdown, period: Duration, mut work: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t.tick().await;
+        loop {
+            tokio::select! {
+                _ = t.tick() => work().await,
+                _ = shutdown.recv() => return,
+            }
+        }
+    })
 }
 
 /// Creates the internal offsets topic if needed and replays it.
