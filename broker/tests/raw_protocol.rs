@@ -248,6 +248,20 @@ async fn produce_fetch_and_error_codes() {
         error_code::CORRUPT_MESSAGE
     );
 
+    // The internal offsets topic is listed as internal and refuses client writes.
+    let mut r = call(
+        &mut s,
+        0,
+        9,
+        produce("__consumer_offsets", batch.clone(), 1),
+    )
+    .await;
+    let resp = ProduceResponse::decode(&mut r, 9).unwrap();
+    assert_eq!(
+        resp.responses[0].partition_responses[0].error_code,
+        error_code::INVALID_TOPIC_EXCEPTION
+    );
+
     // Unknown topic, and Produce v2.
     let mut r = call(&mut s, 0, 9, produce("nope", batch.clone(), 1)).await;
     let resp = ProduceResponse::decode(&mut r, 9).unwrap();

@@ -322,3 +322,48 @@ fn cooperative_sticky_assignor_works() {
         );
     }
 }
+
+#[test]
+fn kcat_balanced_consumer_commits_and_resumes() {
+    let b = Broker::start_with_env(&env()).unwrap();
+    let bs = b.bootstrap();
+    let root = millrace_tests::workspace_root();
+    let input = b.data.path().join("in.txt");
+    std::fs::write(
+        &input,
+        (0..100).map(|i| format!("m{i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let input = input.to_string_lossy().to_string();
+    let Some(_) =
+        millrace_tests::run_client("kcat", &["-b", &bs, "-P", "-t", "kg", "-l", &input], &root)
+            .unwrap()
+    else {
+        return;
+    };
+    let consume = || {
+        millrace_tests::run_client(
+            "kcat",
+            &[
+                "-b",
+                &bs,
+                "-G",
+                "kcat-group",
+                "kg",
+                "-X",
+                "auto.offset.reset=earliest",
+                "-e",
+                "-q",
+            ],
+            &root,
+        )
+        .unwrap()
+        .unwrap()
+    };
+    assert_eq!(consume().lines().count(), 100);
+    // The group committed its position: a second run starts after it and sees only new records.
+    std::fs::write(&input, "late\n").unwrap();
+    millrace_tests::run_client("kcat", &["-b", &bs, "-P", "-t", "kg", "-l", &input], &root)
+        .unwrap();
+    assert_eq!(consume().lines().collect::<Vec<_>>(), vec!["late"]);
+}
