@@ -2,9 +2,16 @@
 //! - the offset index: 8-byte entries (offset relative to the segment base: u32, file position: u32);
 //! - the time index: 12-byte entries (largest timestamp so far: i64, relative offset of its batch: u32).
 //!
-//! Invariants: entries are sorted (offsets strictly increasing, timestamps strictly increasing); `entries *
-//! ENTRY <= map.len()`. Indexes carry no checksum because they are always rebuilt from the log when a segment is
-//! opened, so a torn index can never mislead a read.
+//! All big-endian. Invariants: offsets and positions strictly increase from entry to entry, and so do timestamps;
+//! `entries * ENTRY <= map.len()`. An active index is preallocated to `segment.index.bytes` and full when that is
+//! used up (the log then rolls); sealing cuts the file to its entries and fsyncs it.
+//!
+//! Indexes carry no checksum because they can always be rebuilt from the log: the active segment's indexes are
+//! rebuilt on every unclean open, a sealed index is checked for shape when opened (and rebuilt if it fails), and a
+//! lookup whose entry does not land on the batch it names falls back to a scan (see `Segment::find`), so a
+//! damaged index can slow a read down but never send it to the wrong bytes.
+//!
+//! Not thread-safe by itself: the owning segment is reached through the log's lock.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -23,7 +30,8 @@ struct Mapped<const ENTRY: usize> {
 }
 
 impl<const ENTRY: usize> Mapped<ENTRY> {
-    /// Creates the file afresh (any old content is discarded: it is rebuilt from the log).
+    /// Creates the file afresh, preallocated (sparse) to `capacity_bytes` rounded down to whole entries (at least
+    /// one). Any old content is discarded: it is rebuilt from the log.
     fn create(path: &Path, capacity_bytes: u64) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
@@ -42,8 +50,8 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
         })
     }
 
-    /// Opens a sealed index as it is on disk; `None` when its size is not a whole number of entries or it is
-    /// empty (the caller then rebuilds from the log).
+    /// Opens a sealed index as it is on disk; `None` when it is missing, empty, or not a whole number of entries
+    /// (the caller then rebuilds it from the log).
     fn open_sealed(path: &Path) -> Result<Option<Self>> {
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => f,
@@ -67,6 +75,8 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
         (self.entries + 1) * ENTRY > self.map.len()
     }
 
+    /// Appends an entry; the caller checked `is_full` (the log rolls before an index fills), so a push into a full
+    /// index is dropped rather than written out of bounds, which only makes lookups scan further.
     fn push(&mut self, entry: [u8; ENTRY]) {
         if self.is_full() {
             return;
@@ -78,6 +88,10 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
 
     fn entry(&self, i: usize) -> &[u8] {
         &self.map[i * ENTRY..(i + 1) * ENTRY]
+    }
+
+    fn last(&self) -> Option<&[u8]> {
+        self.entries.checked_sub(1).map(|i| self.entry(i))
     }
 
     /// Index of the last entry whose key (extracted by `key`) is <= `target`.
@@ -94,10 +108,16 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
         lo.checked_sub(1)
     }
 
-    /// Cuts the preallocated tail so the file holds exactly its entries (on roll and clean close).
-    fn trim(&mut self) -> Result<()> {
-        self.map.flush()?;
-        self.file.set_len((self.entries * ENTRY) as u64)?;
+    /// Cuts the preallocated tail so the file holds exactly its entries, makes it durable, and remaps it at its
+    /// new size (no mapping ever outlives the bytes it shows). Called when the segment is sealed.
+    fn seal(&mut self) -> Result<()> {
+        let len = (self.entries * ENTRY) as u64;
+        if self.map.len() as u64 != len {
+            self.map.flush()?;
+            self.file.set_len(len)?;
+            self.map = map_index(&self.file)?;
+        }
+        self.file.sync_all()?;
         Ok(())
     }
 
@@ -116,17 +136,19 @@ fn i64_at(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(x)
 }
 
-/// Relative offset -> file position.
+/// Relative offset -> file position of the batch that starts there.
 #[derive(Debug)]
 pub struct OffsetIndex(Mapped<8>);
 
 impl OffsetIndex {
+    pub const ENTRY_BYTES: u64 = 8;
+
     pub fn create(path: &Path, capacity_bytes: u64) -> Result<Self> {
         Ok(OffsetIndex(Mapped::create(path, capacity_bytes)?))
     }
 
-    /// A sealed index from disk, if it is well-formed for a log of `log_size` bytes: offsets strictly increasing,
-    /// positions increasing and inside the log.
+    /// A sealed index from disk, if it is well-formed for a log of `log_size` bytes: the first entry at position 0,
+    /// offsets and positions strictly increasing, positions inside the log.
     pub fn open_sealed(path: &Path, log_size: usize) -> Result<Option<Self>> {
         let Some(m) = Mapped::<8>::open_sealed(path)? else {
             return Ok(None);
@@ -135,7 +157,11 @@ impl OffsetIndex {
         for i in 0..m.entries {
             let e = m.entry(i);
             let (o, p) = (u32_at(e, 0), u32_at(e, 4));
-            if p as usize >= log_size || prev.is_some_and(|(po, pp)| o <= po || p <= pp) {
+            let ordered = match prev {
+                None => p == 0,
+                Some((po, pp)) => o > po && p > pp,
+            };
+            if !ordered || p as usize >= log_size {
                 return Ok(None);
             }
             prev = Some((o, p));
@@ -150,11 +176,17 @@ impl OffsetIndex {
         self.0.push(e);
     }
 
-    /// The file position of the last indexed batch starting at or before `relative_offset` (0 if none).
-    pub fn lookup(&self, relative_offset: i64) -> usize {
-        self.0
-            .floor(relative_offset, |e| i64::from(u32_at(e, 0)))
-            .map_or(0, |i| u32_at(self.0.entry(i), 4) as usize)
+    /// The last entry at or before `relative_offset`: (relative offset, file position) of a batch that starts
+    /// there, or `None` when the target precedes every entry (search from position 0).
+    pub fn lookup(&self, relative_offset: i64) -> Option<(u32, usize)> {
+        let i = self.0.floor(relative_offset, |e| i64::from(u32_at(e, 0)))?;
+        let e = self.0.entry(i);
+        Some((u32_at(e, 0), u32_at(e, 4) as usize))
+    }
+
+    /// The last entry: (relative offset, position).
+    pub fn last(&self) -> Option<(u32, usize)> {
+        self.0.last().map(|e| (u32_at(e, 0), u32_at(e, 4) as usize))
     }
 
     pub fn len(&self) -> usize {
@@ -165,8 +197,12 @@ impl OffsetIndex {
         self.0.entries == 0
     }
 
-    pub fn trim(&mut self) -> Result<()> {
-        self.0.trim()
+    pub fn is_full(&self) -> bool {
+        self.0.is_full()
+    }
+
+    pub fn seal(&mut self) -> Result<()> {
+        self.0.seal()
     }
 
     pub fn remove(self) {
@@ -174,38 +210,37 @@ impl OffsetIndex {
     }
 }
 
-/// The last (timestamp, relative offset) entry of a time index, if any.
-pub type LastEntry = Option<(i64, u32)>;
-
 /// Largest timestamp so far -> relative offset of the batch that carried it.
 #[derive(Debug)]
 pub struct TimeIndex(Mapped<12>);
 
 impl TimeIndex {
+    pub const ENTRY_BYTES: u64 = 12;
+
     pub fn create(path: &Path, capacity_bytes: u64) -> Result<Self> {
         Ok(TimeIndex(Mapped::create(path, capacity_bytes)?))
     }
 
-    /// A sealed time index from disk, if its timestamps strictly increase; returns it with its last entry.
-    pub fn open_sealed(path: &Path) -> Result<Option<(Self, LastEntry)>> {
+    /// A sealed time index from disk, if its timestamps and offsets strictly increase.
+    pub fn open_sealed(path: &Path) -> Result<Option<Self>> {
         let Some(m) = Mapped::<12>::open_sealed(path)? else {
             return Ok(None);
         };
-        let mut last: Option<(i64, u32)> = None;
+        let mut prev: Option<(i64, u32)> = None;
         for i in 0..m.entries {
             let e = m.entry(i);
             let (t, o) = (i64_at(e, 0), u32_at(e, 8));
-            if last.is_some_and(|(lt, _)| t <= lt) {
+            if prev.is_some_and(|(pt, po)| t <= pt || o <= po) {
                 return Ok(None);
             }
-            last = Some((t, o));
+            prev = Some((t, o));
         }
-        Ok(Some((TimeIndex(m), last)))
+        Ok(Some(TimeIndex(m)))
     }
 
     /// Adds an entry if `timestamp` is larger than the last one (entries stay strictly increasing).
     pub fn maybe_push(&mut self, timestamp: i64, relative_offset: u32) {
-        if self.0.entries > 0 && i64_at(self.0.entry(self.0.entries - 1), 0) >= timestamp {
+        if self.last().is_some_and(|(t, _)| t >= timestamp) {
             return;
         }
         let mut e = [0u8; 12];
@@ -214,12 +249,17 @@ impl TimeIndex {
         self.0.push(e);
     }
 
-    /// The relative offset of the last entry with a timestamp strictly below `timestamp` (where a search for
-    /// the first record at or after `timestamp` may start), or 0.
+    /// The relative offset of the last entry with a timestamp strictly below `timestamp`: every batch before it
+    /// has a smaller max timestamp, so a search for the first record at or after `timestamp` may start there.
     pub fn lookup(&self, timestamp: i64) -> u32 {
         self.0
             .floor(timestamp.saturating_sub(1), |e| i64_at(e, 0))
             .map_or(0, |i| u32_at(self.0.entry(i), 8))
+    }
+
+    /// The last entry: (largest timestamp, relative offset of its batch).
+    pub fn last(&self) -> Option<(i64, u32)> {
+        self.0.last().map(|e| (i64_at(e, 0), u32_at(e, 8)))
     }
 
     pub fn len(&self) -> usize {
@@ -230,8 +270,14 @@ impl TimeIndex {
         self.0.entries == 0
     }
 
-    pub fn trim(&mut self) -> Result<()> {
-        self.0.trim()
+    /// Full one entry early: sealing adds the segment's final (largest timestamp, offset) entry, as Kafka does,
+    /// and there must be room for it.
+    pub fn is_full(&self) -> bool {
+        (self.0.entries + 2) * 12 > self.0.map.len()
+    }
+
+    pub fn seal(&mut self) -> Result<()> {
+        self.0.seal()
     }
 
     pub fn remove(self) {
@@ -247,30 +293,59 @@ mod tests {
     fn offset_index_floor_lookup() {
         let dir = tempfile::tempdir().unwrap();
         let mut idx = OffsetIndex::create(&dir.path().join("a.index"), 80).unwrap();
-        assert_eq!(idx.lookup(5), 0);
+        assert_eq!(idx.lookup(5), None);
         for (o, p) in [(0, 0), (10, 1000), (20, 2000)] {
             idx.push(o, p);
         }
-        assert_eq!(idx.lookup(0), 0);
-        assert_eq!(idx.lookup(9), 0);
-        assert_eq!(idx.lookup(10), 1000);
-        assert_eq!(idx.lookup(15), 1000);
-        assert_eq!(idx.lookup(99), 2000);
+        assert_eq!(idx.lookup(0), Some((0, 0)));
+        assert_eq!(idx.lookup(9), Some((0, 0)));
+        assert_eq!(idx.lookup(10), Some((10, 1000)));
+        assert_eq!(idx.lookup(15), Some((10, 1000)));
+        assert_eq!(idx.lookup(99), Some((20, 2000)));
+        assert!(!idx.is_full());
         for i in 0..20 {
-            idx.push(100 + i, 5000);
+            idx.push(100 + i, 5000 + i);
         }
         assert_eq!(idx.len(), 10, "a full index stops growing");
-        idx.trim().unwrap();
-        assert_eq!(
-            std::fs::metadata(dir.path().join("a.index")).unwrap().len(),
-            80
-        );
+        assert!(idx.is_full());
+        idx.seal().unwrap();
+        let path = dir.path().join("a.index");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 80);
+        let back = OffsetIndex::open_sealed(&path, 10_000).unwrap().unwrap();
+        assert_eq!(back.len(), 10);
+        assert_eq!(back.lookup(101), Some((101, 5001)));
+        assert_eq!(back.last(), Some((106, 5006)));
+    }
+
+    #[test]
+    fn damaged_sealed_indexes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.index");
+        let mut idx = OffsetIndex::create(&path, 800).unwrap();
+        idx.push(0, 0);
+        idx.push(10, 1000);
+        idx.seal().unwrap();
+        drop(idx);
+        assert!(OffsetIndex::open_sealed(&path, 2000).unwrap().is_some());
+        // A position past the end of the log, a missing file, a torn entry, a preallocated tail of zeros.
+        assert!(OffsetIndex::open_sealed(&path, 1000).unwrap().is_none());
+        assert!(OffsetIndex::open_sealed(&dir.path().join("b.index"), 10)
+            .unwrap()
+            .is_none());
+        let good = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &good[..12]).unwrap();
+        assert!(OffsetIndex::open_sealed(&path, 2000).unwrap().is_none());
+        let mut padded = good.clone();
+        padded.extend_from_slice(&[0; 64]);
+        std::fs::write(&path, &padded).unwrap();
+        assert!(OffsetIndex::open_sealed(&path, 2000).unwrap().is_none());
     }
 
     #[test]
     fn time_index_lookup() {
         let dir = tempfile::tempdir().unwrap();
-        let mut idx = TimeIndex::create(&dir.path().join("a.timeindex"), 1200).unwrap();
+        let path = dir.path().join("a.timeindex");
+        let mut idx = TimeIndex::create(&path, 1200).unwrap();
         idx.maybe_push(100, 0);
         idx.maybe_push(90, 5);
         idx.maybe_push(200, 10);
@@ -279,5 +354,10 @@ mod tests {
         assert_eq!(idx.lookup(100), 0);
         assert_eq!(idx.lookup(150), 0);
         assert_eq!(idx.lookup(201), 10);
+        assert_eq!(idx.last(), Some((200, 10)));
+        idx.seal().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 24);
+        let back = TimeIndex::open_sealed(&path).unwrap().unwrap();
+        assert_eq!(back.last(), Some((200, 10)));
     }
 }

@@ -1,31 +1,50 @@
-//! The data directory: one folder per partition (`<topic>-<partition>`), opened on demand by the broker, which
-//! knows which topics exist and with what settings.
+//! The data directory: one folder per partition (`<topic>-<partition>`), the open logs, and the background
+//! maintenance (retention, flush.ms) over them.
 //!
-//! Invariant: at most one open [`Log`] per partition folder; `shutdown` closes every log cleanly.
+//! Invariants: at most one open [`Log`] per partition folder (all opens go through the `logs` map); `shutdown`
+//! stops the maintenance task and closes every log cleanly. Topic ids and topic settings are the broker's: it
+//! hands each partition its [`LogConfig`] when it opens or creates it, and may open every partition found on
+//! disk at start ([`LogManager::open_all`], recovering them in parallel).
+//!
+//! Thread safety: `Send + Sync`; the map is behind a mutex held only to look up or insert, never while a log
+//! recovers or does I/O.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::sync::watch;
 
 use crate::config::LogConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::log::Log;
-use crate::names::partition_dir;
+use crate::names::{parse_partition_dir, partition_dir};
+
+/// Kafka's default `log.retention.check.interval.ms`: five minutes.
+pub const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How often the maintenance task looks for logs whose `flush.ms` has passed.
+pub const FLUSH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct LogManager {
     dir: PathBuf,
     logs: Mutex<HashMap<(String, i32), Arc<Log>>>,
+    /// Flipped to `true` by `shutdown`; the maintenance task watches it.
+    stopping: watch::Sender<bool>,
 }
 
 impl LogManager {
+    /// Opens (creating if needed) a data directory. Partitions are opened by [`LogManager::open_partition`] or
+    /// [`LogManager::open_all`]: storage does not know which topics exist or their settings.
     pub fn open(dir: &Path) -> Result<LogManager> {
         std::fs::create_dir_all(dir)?;
         Ok(LogManager {
             dir: dir.to_path_buf(),
             logs: Mutex::new(HashMap::new()),
+            stopping: watch::channel(false).0,
         })
     }
 
@@ -33,7 +52,68 @@ impl LogManager {
         &self.dir
     }
 
-    /// Opens (recovering) an existing partition, or creates it empty.
+    /// The partition folders on disk, as (topic, partition), sorted.
+    pub fn discover(&self) -> Result<Vec<(String, i32)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let e = e?;
+            if !e.file_type()?.is_dir() {
+                continue;
+            }
+            if let Some(tp) = parse_partition_dir(&e.file_name().to_string_lossy()) {
+                out.push(tp);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Opens every partition found on disk for which `config_for` gives settings (folders it returns `None` for
+    /// are left alone), recovering them in parallel. Returns the logs opened.
+    pub fn open_all(
+        &self,
+        config_for: impl Fn(&str, i32) -> Option<LogConfig>,
+    ) -> Result<Vec<Arc<Log>>> {
+        let wanted = self
+            .discover()?
+            .into_iter()
+            .filter_map(|(t, p)| config_for(&t, p).map(|c| (t, p, c)))
+            .collect();
+        self.open_partitions(wanted)
+    }
+
+    /// Opens (recovering) several partitions in parallel, one thread per core: recovery is CRC-bound on unclean
+    /// shutdowns and I/O-bound otherwise, and partitions are independent. Returns the logs in the order asked;
+    /// the first error, after every partition was tried.
+    pub fn open_partitions(&self, parts: Vec<(String, i32, LogConfig)>) -> Result<Vec<Arc<Log>>> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(parts.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results: Mutex<Vec<Option<Result<Arc<Log>>>>> =
+            Mutex::new((0..parts.len()).map(|_| None).collect());
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((topic, partition, config)) = parts.get(i) else {
+                        break;
+                    };
+                    let r = self.open_partition(topic, *partition, config.clone());
+                    results.lock()[i] = Some(r);
+                });
+            }
+        });
+        results
+            .into_inner()
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(std::io::Error::other("partition was not opened").into()))
+            })
+            .collect()
+    }
+
+    /// Opens (recovering) an existing partition, or creates it empty. Returns the open log if it is open already.
     pub fn open_partition(
         &self,
         topic: &str,
@@ -50,11 +130,12 @@ impl LogManager {
             partition,
             config,
         )?);
-        self.logs.lock().insert(key, log.clone());
-        Ok(log)
+        // Two racing opens of one partition: the first one in wins, the other's log is dropped unused.
+        Ok(self.logs.lock().entry(key).or_insert(log).clone())
     }
 
-    /// Creates a new, empty partition (any leftover folder of a deleted topic of the same name is removed).
+    /// Creates a new, empty partition (a leftover folder of a deleted topic of the same name, not open, is
+    /// removed first). Returns the open log if the partition is open already.
     pub fn create_partition(
         &self,
         topic: &str,
@@ -62,12 +143,11 @@ impl LogManager {
         config: LogConfig,
     ) -> Result<Arc<Log>> {
         let dir = partition_dir(&self.dir, topic, partition);
-        if dir.exists()
-            && !self
-                .logs
-                .lock()
-                .contains_key(&(topic.to_string(), partition))
-        {
+        let open = self
+            .logs
+            .lock()
+            .contains_key(&(topic.to_string(), partition));
+        if !open && dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         self.open_partition(topic, partition, config)
@@ -80,29 +160,110 @@ impl LogManager {
             .cloned()
     }
 
-    /// Deletes every partition of a topic.
+    /// Deletes every partition of a topic: partitions `0..partitions` (the ones the caller knows of) and any other
+    /// partition of the topic that is open or on disk. Holders of a deleted log get [`Error::Deleted`] on append.
     pub fn remove_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        for p in 0..partitions {
+        let mut doomed: Vec<i32> = (0..partitions).collect();
+        doomed.extend(
+            self.logs
+                .lock()
+                .keys()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| *p),
+        );
+        doomed.extend(
+            self.discover()?
+                .into_iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| p),
+        );
+        doomed.sort_unstable();
+        doomed.dedup();
+        for p in doomed {
             let log = self.logs.lock().remove(&(topic.to_string(), p));
             match log {
                 Some(log) => log.delete()?,
-                None => {
-                    let dir = partition_dir(&self.dir, topic, p);
-                    if dir.exists() {
-                        std::fs::remove_dir_all(dir)?;
-                    }
-                }
+                None => match std::fs::remove_dir_all(partition_dir(&self.dir, topic, p)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                },
             }
         }
         Ok(())
     }
 
+    /// Every open log.
     pub fn all(&self) -> Vec<Arc<Log>> {
         self.logs.lock().values().cloned().collect()
     }
 
-    /// Flushes and cleanly closes every log; returns the first error after trying them all.
+    /// One retention pass over every open log (see [`Log::apply_retention`]); returns the segments deleted.
+    /// Errors are logged, not returned: one bad partition must not stop retention of the others.
+    pub fn apply_retention(&self, now_ms: i64) -> usize {
+        let mut deleted = 0;
+        for log in self.all() {
+            match log.apply_retention(now_ms) {
+                Ok(n) => deleted += n,
+                Err(Error::Deleted(_)) => {}
+                Err(e) => {
+                    tracing::warn!(topic = log.topic(), partition = log.partition(), error = %e, "retention failed")
+                }
+            }
+        }
+        deleted
+    }
+
+    /// fsyncs every log whose `flush.ms` has passed since its oldest unflushed append.
+    pub fn flush_due(&self, now_ms: i64) {
+        for log in self.all() {
+            if let Err(e) = log.flush_if_due(now_ms) {
+                tracing::warn!(topic = log.topic(), partition = log.partition(), error = %e, "flush failed");
+            }
+        }
+    }
+
+    /// Starts the background maintenance task on the current tokio runtime: retention every
+    /// `retention_check_interval` (Kafka's `log.retention.check.interval.ms`, default
+    /// [`DEFAULT_RETENTION_CHECK_INTERVAL`]) and the `flush.ms` policy every [`FLUSH_CHECK_INTERVAL`]. The work
+    /// runs on the blocking pool. The task ends at [`LogManager::shutdown`] or when the manager is dropped.
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        retention_check_interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let manager: Weak<LogManager> = Arc::downgrade(self);
+        let mut stopping = self.stopping.subscribe();
+        tokio::spawn(async move {
+            let mut retention = tokio::time::interval(retention_check_interval);
+            let mut flush = tokio::time::interval(FLUSH_CHECK_INTERVAL);
+            retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick of an interval is immediate: retention waits one period, like Kafka's scheduler.
+            retention.tick().await;
+            loop {
+                let retention_due = tokio::select! {
+                    _ = stopping.wait_for(|s| *s) => return,
+                    _ = retention.tick() => true,
+                    _ = flush.tick() => false,
+                };
+                let Some(m) = manager.upgrade() else { return };
+                let now = crate::log::now_ms();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if retention_due {
+                        m.apply_retention(now);
+                    } else {
+                        m.flush_due(now);
+                    }
+                })
+                .await;
+            }
+        })
+    }
+
+    /// Stops the maintenance task, then flushes and cleanly closes every log; returns the first error after
+    /// trying them all.
     pub fn shutdown(&self) -> Result<()> {
+        self.stopping.send_replace(true);
         let mut first = Ok(());
         for log in self.all() {
             if let Err(e) = log.close() {

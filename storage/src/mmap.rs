@@ -1,10 +1,19 @@
-//! The one module that maps files. `unsafe` is allowed here only.
+//! The one module that maps files, and the only one allowed `unsafe`.
 //!
-//! Soundness rests on one rule the rest of the crate keeps: a byte range of a log file that has been published to
-//! readers (below a segment's published size) is never written again while mapped. Appends write strictly after
-//! the published size and publish afterwards (under the log's write lock); truncation happens only at recovery,
-//! before any mapping exists, or cuts unpublished bytes. Index files are mapped mutably and touched only through
-//! `&mut` under the log's write lock.
+//! A mapping is sound only while nobody changes or cuts the bytes it shows. The crate keeps one rule that makes
+//! that true:
+//!
+//! - **Log files**: a byte range below a segment's *published* size (`Segment::size`) is never written, truncated
+//!   or overwritten again while the file is mapped. Appends `pwrite` strictly after the published size and publish
+//!   afterwards (under the log's write lock); recovery truncates only bytes it never published; anything that must
+//!   remove published bytes (compaction, `truncate_to`) writes a new file and renames it over the old one, so
+//!   existing mappings keep the old inode alive and unchanged. Readers only ever slice published ranges, so pages
+//!   past the end of a file (after a seal cut the preallocated tail) are never touched.
+//! - **Index files** are private to their segment, mapped mutably, reached only through `&mut` under the log's
+//!   write lock (reads through `&` under its read lock), and never truncated while mapped by anyone else.
+//!
+//! Why appends use `pwrite` rather than writing through a writable mapping: a full disk then surfaces as an
+//! `io::Error` from `pwrite`, where a store into a mapped page of a sparse file would raise SIGBUS.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -15,8 +24,8 @@ use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use crate::error::Result;
 
-/// A read-only shared mapping of `len` bytes of a log file (which may be longer than the file is now: pages past
-/// the end are never touched, see the module rule).
+/// A read-only shared mapping of the first `len` bytes of a log file (`len` may exceed the file's current
+/// length: those pages are never touched, see the module rule).
 #[derive(Debug, Clone)]
 pub struct LogMap {
     map: Arc<Mmap>,
@@ -24,11 +33,13 @@ pub struct LogMap {
 
 impl LogMap {
     pub fn new(file: &File, len: usize) -> Result<LogMap> {
-        // SAFETY: see the module rule: published bytes never change while mapped, and we never read past them.
+        // SAFETY: the module rule: bytes below the published size never change or vanish while mapped, and
+        // nothing reads above it. `len.max(1)` because a zero-length mapping is an error.
         let map = unsafe { MmapOptions::new().len(len.max(1)).map(file)? };
         Ok(LogMap { map: Arc::new(map) })
     }
 
+    /// How many bytes are mapped (not how many are published).
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -37,28 +48,41 @@ impl LogMap {
         self.map.is_empty()
     }
 
-    /// The mapped bytes; callers slice only published ranges.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.map
+    /// The bytes `[start, end)`, which the caller guarantees are published. Panics (a bug, never disk input) if
+    /// the range is outside the mapping.
+    pub fn slice(&self, start: usize, end: usize) -> &[u8] {
+        &self.map[start..end]
     }
 
-    /// A zero-copy `Bytes` of a published range; keeps the mapping alive as long as it lives.
+    /// A zero-copy `Bytes` of the published bytes `[start, end)`; it keeps the mapping alive as long as it lives.
     pub fn bytes(&self, start: usize, end: usize) -> Bytes {
-        Bytes::from_owner(ArcMap(self.map.clone())).slice(start..end)
+        if start >= end {
+            return Bytes::new();
+        }
+        Bytes::from_owner(Window {
+            map: self.map.clone(),
+            start,
+            end,
+        })
     }
 }
 
-struct ArcMap(Arc<Mmap>);
+/// The owner behind a `Bytes` slice: only the published window is ever exposed as a slice.
+struct Window {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
 
-impl AsRef<[u8]> for ArcMap {
+impl AsRef<[u8]> for Window {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.map[self.start..self.end]
     }
 }
 
 /// A writable mapping of a whole index file.
 pub fn map_index(file: &File) -> Result<MmapMut> {
-    // SAFETY: index files are private to their segment and reached only through `&mut` under the log's write
-    // lock (reads through `&` under its read lock), and never truncated while mapped.
+    // SAFETY: index files are private to their segment, reached only through `&mut` under the log's write lock
+    // (reads through `&` under its read lock) and never truncated while mapped (see the module rule).
     Ok(unsafe { MmapMut::map_mut(file)? })
 }

@@ -1,225 +1,409 @@
-//! One segment: a `.log` file of whole record batches and its two sparse indexes.
+//! One segment: a `.log` file of whole record batches and its two sparse indexes (see [`crate::index`]).
 //!
-//! Invariants: `base_offset` <= the base offset of its first batch, and every offset in it is < the base offset of
-//! the next segment; bytes `[0, size)` of the file are whole, valid batches with increasing offsets, and only they
-//! are ever read; `next_offset` is one past the last offset of the last batch (or `base_offset` when empty). The
-//! file is preallocated (sparse) to `capacity` while active so that one read-only mapping serves every read;
-//! roll and clean close cut it back to `size`.
+//! Invariants:
+//! - `base_offset` <= the base offset of its first batch, and every offset in it is below the base offset of the
+//!   next segment; every offset relative to `base_offset` fits in an i32 and every position in a u32 (the log
+//!   rolls before either would overflow), which is what the 4-byte index fields need.
+//! - Bytes `[0, size)` of the file are whole, valid batches with increasing offsets ("published"); only they are
+//!   ever read, and they are never written again while the file is mapped (the rule of [`crate::mmap`]).
+//! - `next_offset` is one past the last offset of the last batch (`base_offset` when empty).
+//! - While active, the file is preallocated (sparse, zeros) to `capacity` so that the one read-only mapping made
+//!   at creation covers every byte it will ever hold; sealing cuts the file back to `size`, fsyncs it and its
+//!   indexes, and from then on nothing in the segment changes.
 //!
-//! Not thread-safe by itself: the owning [`crate::Log`] serializes writers and readers with its lock.
+//! Not thread-safe by itself: the owning [`crate::Log`] serializes writers and readers with its lock. `Bytes`
+//! handed out by [`Segment::read`] stay valid after the lock is released and even after the segment is deleted.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use millrace_protocol::records::{
-    compression, validate_batch, BatchHeader, BatchIter, RecordIter, BATCH_HEADER_LEN,
+    attributes, compression, validate_batch, BatchHeader, BatchIter, RecordIter, BATCH_HEADER_LEN,
+    LOG_OVERHEAD,
 };
 
+use crate::checkpoint::sync_dir;
+use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::index::{OffsetIndex, TimeIndex};
 use crate::mmap::LogMap;
-use crate::names::{segment_file, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::names::{cleaned_file, segment_file, INDEX_SUFFIX, LOG_SUFFIX, TIME_INDEX_SUFFIX};
+
+/// The largest segment file: positions are stored as u32, and Kafka caps `segment.bytes` at i32::MAX.
+pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 
 #[derive(Debug)]
 pub struct Segment {
-    pub base_offset: i64,
+    base_offset: i64,
     log_path: PathBuf,
     file: Arc<File>,
     map: LogMap,
+    /// Bytes the file is preallocated to and the mapping covers; an append must fit below it.
     capacity: usize,
-    pub size: usize,
+    /// Published bytes: whole batches.
+    size: usize,
     index: OffsetIndex,
     time_index: TimeIndex,
     bytes_since_index: u64,
-    pub next_offset: i64,
-    /// Largest batch max-timestamp in the segment, and an offset inside the batch that carries it.
-    pub max_timestamp: i64,
+    next_offset: i64,
+    /// Largest batch max-timestamp in the segment (-1: none), and the base offset of the batch carrying it.
+    max_timestamp: i64,
     max_timestamp_offset: i64,
-    /// Wall-clock time of the first append (or of opening), for roll by age and time retention fallback.
-    pub created_ms: i64,
+    /// The first batch's max timestamp (Kafka's "rolling based timestamp"); -1 when unknown.
+    first_batch_timestamp: i64,
+    /// Wall-clock time the segment was created (or, for a segment found on disk, opened or last modified).
+    created_ms: i64,
+    sealed: bool,
 }
 
 /// What recovery did to a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Recovered {
+    /// Bytes of torn or corrupt data cut after the last valid batch (not counting preallocated zeros).
     pub truncated_bytes: u64,
+    /// Whether the file was cut at all (a segment after a cut one is unusable).
+    pub cut: bool,
+}
+
+/// What an append brings, for [`Segment::should_roll`].
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming {
+    pub len: usize,
+    pub max_timestamp: i64,
+    pub last_offset: i64,
+}
+
+fn paths(dir: &Path, base: i64) -> (PathBuf, PathBuf, PathBuf) {
+    (
+        segment_file(dir, base, LOG_SUFFIX),
+        segment_file(dir, base, INDEX_SUFFIX),
+        segment_file(dir, base, TIME_INDEX_SUFFIX),
+    )
+}
+
+/// Capacity of a new active segment for a first append of `len` bytes.
+pub fn active_capacity(config: &LogConfig, len: usize) -> usize {
+    config.segment_bytes.max(len as u64).min(MAX_SEGMENT_BYTES) as usize
 }
 
 impl Segment {
-    fn paths(dir: &Path, base: i64) -> (PathBuf, PathBuf, PathBuf) {
-        (
-            segment_file(dir, base, LOG_SUFFIX),
-            segment_file(dir, base, INDEX_SUFFIX),
-            segment_file(dir, base, TIME_INDEX_SUFFIX),
-        )
-    }
-
-    /// Creates an empty active segment.
+    /// Creates an empty active segment, preallocated to `capacity` bytes, and makes its creation durable.
     pub fn create(
         dir: &Path,
         base_offset: i64,
-        capacity: u64,
-        index_bytes: u64,
+        capacity: usize,
+        config: &LogConfig,
         now_ms: i64,
     ) -> Result<Segment> {
-        let (log, idx, tidx) = Self::paths(dir, base_offset);
+        let (log, idx, tidx) = paths(dir, base_offset);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&log)?;
-        file.set_len(capacity)?;
-        let map = LogMap::new(&file, capacity as usize)?;
-        Ok(Segment {
+        file.set_len(capacity as u64)?;
+        let map = LogMap::new(&file, capacity)?;
+        let seg = Segment {
             base_offset,
             log_path: log,
             file: Arc::new(file),
             map,
-            capacity: capacity as usize,
+            capacity,
             size: 0,
-            index: OffsetIndex::create(&idx, index_bytes)?,
-            time_index: TimeIndex::create(&tidx, index_bytes / 8 * 12)?,
+            index: OffsetIndex::create(&idx, config.segment_index_bytes)?,
+            time_index: TimeIndex::create(&tidx, config.segment_index_bytes)?,
             bytes_since_index: 0,
             next_offset: base_offset,
             max_timestamp: -1,
             max_timestamp_offset: base_offset,
+            first_batch_timestamp: -1,
             created_ms: now_ms,
-        })
+            sealed: false,
+        };
+        // The new file's name must survive a crash before anything acknowledged lands in it.
+        sync_dir(dir)?;
+        Ok(seg)
     }
 
-    /// Opens an existing segment, rebuilding its indexes from the log. With `validate`, every batch's CRC is
-    /// checked and the file is cut at the first invalid or torn batch; without, the shape of each header is still
-    /// checked (so a bad length can never send a read astray). `on_batch` sees every batch kept (producer state).
-    #[allow(clippy::too_many_arguments)] // all plain settings of one call site; a struct would only rename them
+    /// Opens a segment found on disk, rebuilding its indexes from the log.
+    ///
+    /// With `validate`, every batch's CRC-32C is checked and the file is cut (durably) at the first invalid or
+    /// torn batch; without, the shape of each header is still checked, so a bad length can never send a read
+    /// astray. Offsets must increase from batch to batch: a lower one is garbage, or a batch whose base offset
+    /// (written after its body when appending from a shared buffer, and not covered by the CRC) never reached the
+    /// disk. An `active` segment is preallocated again; any other is sealed (indexes cut to size and fsynced, so
+    /// that the next open can trust them).
     pub fn open(
         dir: &Path,
         base_offset: i64,
-        capacity: u64,
-        index_bytes: u64,
-        index_interval: u64,
+        config: &LogConfig,
+        active: bool,
         validate: bool,
         now_ms: i64,
-        mut on_batch: impl FnMut(&BatchHeader),
     ) -> Result<(Segment, Recovered)> {
-        let (log, idx, tidx) = Self::paths(dir, base_offset);
+        let (log, idx, tidx) = paths(dir, base_offset);
         let file = OpenOptions::new().read(true).write(true).open(&log)?;
-        let file_len = file.metadata()?.len();
-        let map_len = (file_len.max(capacity)) as usize;
-        let map = LogMap::new(&file, map_len)?;
+        let file_len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| Error::CorruptBatch(format!("{} is too large", log.display())))?;
+        let capacity = if active {
+            file_len.max(active_capacity(config, 0))
+        } else {
+            file_len
+        };
+        let map = LogMap::new(&file, capacity)?;
         let mut seg = Segment {
             base_offset,
             log_path: log,
             file: Arc::new(file),
-            map,
-            capacity: map_len,
+            map: map.clone(),
+            capacity,
             size: 0,
-            index: OffsetIndex::create(&idx, index_bytes)?,
-            time_index: TimeIndex::create(&tidx, index_bytes / 8 * 12)?,
+            index: OffsetIndex::create(&idx, config.segment_index_bytes)?,
+            time_index: TimeIndex::create(&tidx, config.segment_index_bytes)?,
             bytes_since_index: 0,
             next_offset: base_offset,
             max_timestamp: -1,
             max_timestamp_offset: base_offset,
+            first_batch_timestamp: -1,
             created_ms: now_ms,
+            sealed: false,
         };
-        let data_len = file_len as usize;
+        // A segment that outgrew u32 positions cannot be indexed; recovery keeps what can be.
+        let data = map.slice(0, file_len.min(MAX_SEGMENT_BYTES as usize));
         let mut pos = 0usize;
-        let mut headers = Vec::new();
-        {
-            let data = &seg.map.as_slice()[..data_len];
-            let mut expected = base_offset;
-            for item in BatchIter::new(data) {
-                let Ok((h, bytes)) = item else { break };
-                if validate && validate_batch(bytes).is_err() {
-                    break;
-                }
-                // Offsets only increase. A lower one is garbage, or a batch whose base offset (written after its
-                // body, and not covered by the CRC) never reached the file before a crash.
-                if h.base_offset < expected {
-                    break;
-                }
-                expected = h.last_offset() + 1;
-                headers.push((h, pos));
-                pos += bytes.len();
+        for item in BatchIter::new(data) {
+            let Ok((h, bytes)) = item else { break };
+            if validate && validate_batch(bytes).is_err() {
+                break;
             }
-        }
-        for (h, at) in headers {
-            seg.note_batch(&h, at, h.total_len(), index_interval);
-            on_batch(&h);
+            if h.base_offset < seg.next_offset {
+                break;
+            }
+            seg.note_batch(&h, pos, config.index_interval_bytes);
+            pos += bytes.len();
         }
         seg.size = pos;
-        let truncated = (data_len - pos) as u64;
-        if truncated > 0 && validate {
-            // Cut the torn or corrupt tail (including preallocated zeros) and make the cut durable.
+        let mut rec = Recovered::default();
+        if pos < file_len && validate {
+            rec = Recovered {
+                truncated_bytes: torn_bytes(map.slice(0, file_len), pos) as u64,
+                cut: true,
+            };
+            // Cut the torn or corrupt tail (and any preallocated zeros) durably: the bytes are unpublished.
             seg.file.set_len(pos as u64)?;
             seg.file.sync_all()?;
-            if capacity as usize > pos {
-                seg.file.set_len(seg.capacity as u64)?;
-            }
-        } else if (capacity as usize) > data_len {
-            seg.file.set_len(seg.capacity as u64)?;
         }
-        Ok((
-            seg,
-            Recovered {
-                truncated_bytes: if validate { truncated } else { 0 },
-            },
-        ))
+        if active {
+            if (seg.file.metadata()?.len() as usize) < capacity {
+                seg.file.set_len(capacity as u64)?;
+            }
+        } else {
+            seg.seal()?;
+        }
+        Ok((seg, rec))
     }
 
-    /// Index bookkeeping for a batch written at `pos`.
-    fn note_batch(&mut self, h: &BatchHeader, pos: usize, len: usize, index_interval: u64) {
-        let rel = (h.base_offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
-        if self.bytes_since_index >= index_interval || self.index.is_empty() {
-            self.index.push(rel, pos as u32);
-            self.bytes_since_index = 0;
+    /// Opens a sealed segment that recovery may trust (fsynced at roll, below the recovery checkpoint) without
+    /// reading all its batches: the indexes come from disk, after a shape check and a spot check that the last
+    /// offset-index entry lands on the batch it names and that the batches after it end exactly at the end of the
+    /// file. `None` when any check fails; the caller then opens it the slow way, rebuilding the indexes.
+    pub fn open_sealed(dir: &Path, base_offset: i64) -> Result<Option<Segment>> {
+        let (log, idx, tidx) = paths(dir, base_offset);
+        let file = OpenOptions::new().read(true).write(true).open(&log)?;
+        let meta = file.metadata()?;
+        let size = meta.len() as usize;
+        if size == 0 || size as u64 > MAX_SEGMENT_BYTES {
+            return Ok(None);
         }
-        self.bytes_since_index += len as u64;
+        let Some(index) = OffsetIndex::open_sealed(&idx, size)? else {
+            return Ok(None);
+        };
+        let Some(time_index) = TimeIndex::open_sealed(&tidx)? else {
+            return Ok(None);
+        };
+        let map = LogMap::new(&file, size)?;
+        let Some((rel, mut pos)) = index.last() else {
+            return Ok(None);
+        };
+        let data = map.slice(0, size);
+        let mut next_offset = base_offset;
+        let mut first = true;
+        while pos < size {
+            let Ok(h) = BatchHeader::parse(&data[pos..]) else {
+                return Ok(None);
+            };
+            let wrong_start = first && h.base_offset != base_offset + i64::from(rel);
+            if wrong_start || h.base_offset < next_offset || pos + h.total_len() > size {
+                return Ok(None);
+            }
+            first = false;
+            next_offset = h.last_offset() + 1;
+            pos += h.total_len();
+        }
+        let created_ms = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let (max_timestamp, max_rel) = time_index.last().unwrap_or((-1, 0));
+        Ok(Some(Segment {
+            base_offset,
+            log_path: log,
+            file: Arc::new(file),
+            map,
+            capacity: size,
+            size,
+            index,
+            time_index,
+            bytes_since_index: 0,
+            next_offset,
+            max_timestamp,
+            max_timestamp_offset: base_offset + i64::from(max_rel),
+            first_batch_timestamp: -1,
+            created_ms,
+            sealed: true,
+        }))
+    }
+
+    /// Index and timestamp bookkeeping for a batch published at `pos`, as Kafka's `LogSegment.append` does it: an
+    /// offset-index entry (and a time-index entry for the largest timestamp so far) for the first batch and then
+    /// once every `index_interval` bytes.
+    fn note_batch(&mut self, h: &BatchHeader, pos: usize, index_interval: u64) {
+        // The log rolls before a relative offset passes i32::MAX; the clamp only guards files from elsewhere,
+        // whose lookups then fall back to scanning (see `find`).
+        let rel = (h.base_offset - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
+        if pos == 0 {
+            self.first_batch_timestamp = h.max_timestamp;
+        }
         if h.max_timestamp > self.max_timestamp {
             self.max_timestamp = h.max_timestamp;
             self.max_timestamp_offset = h.base_offset;
-            self.time_index.maybe_push(h.max_timestamp, rel);
         }
+        if self.index.is_empty() || self.bytes_since_index >= index_interval {
+            self.index.push(rel, pos as u32);
+            self.push_time_entry();
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += h.total_len() as u64;
         self.next_offset = h.last_offset() + 1;
+    }
+
+    fn push_time_entry(&mut self) {
+        if self.max_timestamp >= 0 {
+            let rel = (self.max_timestamp_offset - self.base_offset) as u32;
+            self.time_index.maybe_push(self.max_timestamp, rel);
+        }
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+
+    /// One past the last offset stored.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Published bytes.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     pub fn is_empty(&self) -> bool {
         self.size == 0
     }
 
-    /// Whether a batch of `len` bytes fits without growing the mapping.
-    pub fn fits(&self, len: usize) -> bool {
-        self.size + len <= self.capacity
+    /// The largest timestamp of any batch (-1 when none carries one).
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
     }
 
-    /// Appends one batch given as its 8-byte base offset and the rest of its bytes (so the caller's buffer is
-    /// written as it is). The batch is published (`size` moves) only after both writes succeed.
+    pub fn created_ms(&self) -> i64 {
+        self.created_ms
+    }
+
+    /// The timestamp time retention judges the segment by: its largest record timestamp, or when it has none,
+    /// when it was created (Kafka falls back to the file's modification time likewise).
+    pub fn retention_timestamp(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            self.max_timestamp
+        } else {
+            self.created_ms
+        }
+    }
+
+    /// Whether `len` more bytes fit without growing the file or the mapping.
+    pub fn fits(&self, len: usize) -> bool {
+        !self.sealed && self.size + len <= self.capacity
+    }
+
+    /// Kafka's `LogSegment.shouldRoll`: the append would take the segment past `segment.bytes`, the segment is
+    /// older than `segment.ms`, an index is full, or the append's offsets would not fit the 4-byte relative
+    /// offsets. Age is measured as Kafka does: the incoming batches' max timestamp minus the first batch's (so a
+    /// producer replaying old data does not roll on every append), or wall-clock time since creation when
+    /// either has no timestamp. An empty segment rolls only if the append does not fit it at all.
+    pub fn should_roll(&self, config: &LogConfig, incoming: &Incoming, now_ms: i64) -> bool {
+        let fits = self.fits(incoming.len)
+            && incoming.last_offset - self.base_offset <= i64::from(i32::MAX);
+        if self.is_empty() {
+            return !fits;
+        }
+        let age = if self.first_batch_timestamp >= 0 && incoming.max_timestamp >= 0 {
+            incoming.max_timestamp - self.first_batch_timestamp
+        } else {
+            now_ms - self.created_ms
+        };
+        !fits
+            || self.size as u64 + incoming.len as u64 > config.segment_bytes
+            || age > config.segment_ms
+            || self.index.is_full()
+            || self.time_index.is_full()
+    }
+
+    /// Appends `len` bytes of whole batches: `write(file, position)` puts them at the end of the file, then the
+    /// batches (`headers`, as written, tiling the `len` bytes) are indexed and published. Nothing is published if
+    /// the write fails, so a failed append leaves no partial batch visible (and the next append overwrites it).
     pub fn append(
         &mut self,
-        base_offset: &[u8; 8],
-        rest: &[u8],
-        h: &BatchHeader,
+        len: usize,
+        headers: impl Iterator<Item = BatchHeader>,
         index_interval: u64,
+        write: impl FnOnce(&File, u64) -> io::Result<()>,
     ) -> Result<()> {
-        let len = 8 + rest.len();
         if !self.fits(len) {
-            return Err(Error::CorruptBatch("segment is full".into()));
+            return Err(Error::Io(Arc::new(io::Error::other(format!(
+                "segment {} has no room for {len} bytes",
+                self.log_path.display()
+            )))));
         }
-        let pos = self.size;
-        self.file.write_all_at(rest, pos as u64 + 8)?;
-        self.file.write_all_at(base_offset, pos as u64)?;
-        self.note_batch(h, pos, len, index_interval);
-        self.size += len;
+        let start = self.size;
+        write(&self.file, start as u64)?;
+        let mut pos = start;
+        for h in headers {
+            self.note_batch(&h, pos, index_interval);
+            pos += h.total_len();
+        }
+        debug_assert_eq!(pos, start + len, "headers must tile the appended bytes");
+        self.size = start + len;
         Ok(())
     }
 
-    /// Position of the first batch containing an offset >= `offset`, or `None` if the segment has none.
+    /// Position of the first batch holding an offset >= `offset`, or `None` if the segment has none.
     fn find(&self, offset: i64) -> Option<usize> {
-        let data = &self.map.as_slice()[..self.size];
-        let mut pos = self.index.lookup(offset - self.base_offset).min(self.size);
+        let data = self.map.slice(0, self.size);
+        let mut pos = match self.index.lookup(offset - self.base_offset) {
+            None => 0,
+            // Trust an entry only if it lands on the batch it names; otherwise scan (a damaged index is slow, not
+            // wrong).
+            Some((rel, p)) => match data.get(p..).map(BatchHeader::parse) {
+                Some(Ok(h)) if h.base_offset == self.base_offset + i64::from(rel) => p,
+                _ => 0,
+            },
+        };
         while pos < self.size {
             let h = BatchHeader::parse(&data[pos..]).ok()?;
             if h.last_offset() >= offset {
@@ -230,11 +414,12 @@ impl Segment {
         None
     }
 
-    /// Whole batches from the one containing `offset`: at most `max_bytes`, except that with `min_one` the first
-    /// batch is returned whole even when larger (KIP-74). `None` when no batch here reaches `offset`.
+    /// Whole batches from the one holding `offset` (or the first after it): at most `max_bytes`, except that with
+    /// `min_one` the first batch is returned whole even when larger (KIP-74). `None` when no batch here reaches
+    /// `offset`; an empty `Bytes` when the first batch is larger than `max_bytes` and `min_one` is false.
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Option<Bytes> {
         let start = self.find(offset)?;
-        let data = &self.map.as_slice()[..self.size];
+        let data = self.map.slice(0, self.size);
         let mut end = start;
         while end < self.size {
             let Ok(h) = BatchHeader::parse(&data[end..]) else {
@@ -249,15 +434,18 @@ impl Segment {
         Some(self.map.bytes(start, end))
     }
 
-    /// The first record at or after `timestamp`: (offset, timestamp). Uses the time index to skip ahead, then
-    /// looks inside batches (decompressing if needed) for the exact record, as Kafka does.
+    /// The first record at or after `timestamp`: (offset, timestamp). The time index gives where to start; then
+    /// the first batch whose max timestamp reaches `timestamp` is opened (decompressed if needed) for the exact
+    /// record, as Kafka does.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Option<(i64, i64)> {
-        if self.max_timestamp < timestamp {
+        if self.max_timestamp < timestamp || self.is_empty() {
             return None;
         }
         let rel = self.time_index.lookup(timestamp);
-        let mut pos = self.find(self.base_offset + i64::from(rel)).unwrap_or(0);
-        let data = &self.map.as_slice()[..self.size];
+        let mut pos = self
+            .find(self.base_offset + i64::from(rel))
+            .unwrap_or(self.size);
+        let data = self.map.slice(0, self.size);
         while pos < self.size {
             let h = BatchHeader::parse(&data[pos..]).ok()?;
             if h.max_timestamp >= timestamp {
@@ -269,114 +457,148 @@ impl Segment {
         None
     }
 
-    /// (max timestamp, offset of the record that carries it).
+    /// (max timestamp, offset of the first record that carries it).
     pub fn max_timestamp_entry(&self) -> Option<(i64, i64)> {
         if self.is_empty() || self.max_timestamp < 0 {
             return None;
         }
         let pos = self.find(self.max_timestamp_offset)?;
-        let data = &self.map.as_slice()[..self.size];
+        let data = self.map.slice(0, self.size);
         let h = BatchHeader::parse(&data[pos..]).ok()?;
         let batch = self.map.bytes(pos, pos + h.total_len());
         let (offset, _) = first_record_at_or_after(&h, &batch, h.max_timestamp);
         Some((h.max_timestamp, offset))
     }
 
-    /// Opens a sealed segment that recovery may trust (fsynced at roll, below the recovery checkpoint) without
-    /// reading its batches: the indexes come from disk and the segment ends where the next one begins.
-    /// `None` when an index is missing or malformed; the caller then opens it the slow way, rebuilding them.
-    pub fn open_sealed(dir: &Path, base_offset: i64, next_base: i64) -> Result<Option<Segment>> {
-        let (log, idx, tidx) = Self::paths(dir, base_offset);
-        let file = OpenOptions::new().read(true).write(true).open(&log)?;
-        let meta = file.metadata()?;
-        let size = meta.len() as usize;
-        if size == 0 {
-            return Ok(None);
-        }
-        let Some(index) = OffsetIndex::open_sealed(&idx, size)? else {
-            return Ok(None);
-        };
-        let Some((time_index, last)) = TimeIndex::open_sealed(&tidx)? else {
-            return Ok(None);
-        };
-        let created_ms = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as i64);
-        let map = LogMap::new(&file, size)?;
-        let (max_timestamp, rel) = last.unwrap_or((-1, 0));
-        Ok(Some(Segment {
-            base_offset,
-            log_path: log,
-            file: Arc::new(file),
-            map,
-            capacity: size,
-            size,
-            index,
-            time_index,
-            bytes_since_index: 0,
-            next_offset: next_base,
-            max_timestamp,
-            max_timestamp_offset: base_offset + i64::from(rel),
-            created_ms,
-        }))
+    /// Where the batch holding `offset` (or the first after it) starts: what `truncate_to(offset)` keeps.
+    pub fn position_of(&self, offset: i64) -> usize {
+        self.find(offset).unwrap_or(self.size)
     }
 
-    /// The whole segment as a zero-copy slice (sealed segments never change, so it stays valid).
+    /// The published bytes as a zero-copy slice.
     pub fn all_bytes(&self) -> Bytes {
         self.map.bytes(0, self.size)
     }
 
     /// Calls `f` with every batch header, in order (rebuilding producer state).
     pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) {
-        for (h, _) in BatchIter::new(&self.map.as_slice()[..self.size]).map_while(Result::ok) {
+        for (h, _) in BatchIter::new(self.map.slice(0, self.size)).map_while(Result::ok) {
             f(&h);
         }
     }
 
-    /// Offsets of batches' first records, for callers that walk the log (tests, producer state).
-    pub fn file(&self) -> Arc<File> {
+    /// The log file, for an fsync issued without holding the log's lock.
+    pub fn data_file(&self) -> Arc<File> {
         self.file.clone()
     }
 
+    /// fsyncs the data written so far. The active segment's indexes are not synced: they are rebuilt from the log
+    /// whenever the segment was not sealed, so their durability never matters.
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data()?;
         Ok(())
     }
 
-    /// Makes the segment final: data fsynced, file and indexes cut to what they hold.
+    /// Makes the segment final: data fsynced, file cut to what it holds, the last time-index entry added, indexes
+    /// cut to size and fsynced. Idempotent.
     pub fn seal(&mut self) -> Result<()> {
+        if self.sealed {
+            return Ok(());
+        }
         self.file.sync_data()?;
-        self.file.set_len(self.size as u64)?;
+        if self.file.metadata()?.len() != self.size as u64 {
+            self.file.set_len(self.size as u64)?;
+        }
         self.file.sync_all()?;
         self.capacity = self.size;
-        self.index.trim()?;
-        self.time_index.trim()?;
+        self.push_time_entry();
+        self.index.seal()?;
+        self.time_index.seal()?;
+        self.sealed = true;
         Ok(())
     }
 
-    /// Removes the segment's files.
+    /// Removes the segment's files. Readers holding slices keep the old bytes (the mapping holds the inode).
     pub fn delete(self) {
+        let dir = self.log_path.parent().map(Path::to_path_buf);
         let _ = std::fs::remove_file(&self.log_path);
         self.index.remove();
         self.time_index.remove();
+        if let Some(dir) = dir {
+            let _ = sync_dir(&dir);
+        }
     }
+
+    /// Removes whatever files exist of the segment at `base_offset` (one that is not open).
+    pub fn delete_files(dir: &Path, base_offset: i64) {
+        let (log, idx, tidx) = paths(dir, base_offset);
+        for p in [log, idx, tidx] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Writes `data` as the future content of the segment at `base_offset` (fsynced, beside it). Step one of
+    /// replacing published bytes (compaction, truncation), which must never be overwritten in place.
+    pub fn write_replacement(dir: &Path, base_offset: i64, data: &[u8]) -> Result<()> {
+        let path = cleaned_file(dir, base_offset);
+        let mut f = File::create(&path)?;
+        io::Write::write_all(&mut f, data)?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Step two: renames the replacement over the segment (whose `Segment` the caller has dropped) and opens it.
+    /// Readers holding slices of the old file keep its inode, unchanged.
+    pub fn install_replacement(
+        dir: &Path,
+        base_offset: i64,
+        config: &LogConfig,
+        active: bool,
+        now_ms: i64,
+    ) -> Result<Segment> {
+        std::fs::rename(
+            cleaned_file(dir, base_offset),
+            segment_file(dir, base_offset, LOG_SUFFIX),
+        )?;
+        sync_dir(dir)?;
+        Ok(Segment::open(dir, base_offset, config, active, false, now_ms)?.0)
+    }
+
+    /// Removes a replacement that will not be installed.
+    pub fn discard_replacement(dir: &Path, base_offset: i64) {
+        let _ = std::fs::remove_file(cleaned_file(dir, base_offset));
+    }
+}
+
+/// How many bytes after the valid prefix at `pos` look like data rather than preallocated zeros: up to the last
+/// non-zero byte within the torn batch's declared length (bounded), or within 64 KiB when that is unreadable.
+/// Only for the recovery report: the whole tail is cut either way.
+fn torn_bytes(data: &[u8], pos: usize) -> usize {
+    let tail = &data[pos..];
+    let declared = tail
+        .get(8..LOG_OVERHEAD)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, |b| i32::from_be_bytes(b).max(0) as usize + LOG_OVERHEAD);
+    let window = declared.clamp(64 << 10, 16 << 20).min(tail.len());
+    tail[..window]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i + 1)
 }
 
 /// Within one batch, the first record with a timestamp >= `timestamp`, falling back to the batch's last offset.
 fn first_record_at_or_after(h: &BatchHeader, batch: &Bytes, timestamp: i64) -> (i64, i64) {
     let fallback = (h.last_offset(), h.max_timestamp);
-    if h.attributes & millrace_protocol::records::attributes::TIMESTAMP_LOG_APPEND != 0 {
+    if h.attributes & attributes::TIMESTAMP_LOG_APPEND != 0 {
+        // Every record of a LogAppendTime batch has the batch's timestamp.
         return (h.base_offset, h.max_timestamp);
     }
     let Ok(codec) = h.compression() else {
         return fallback;
     };
     let body = batch.slice(BATCH_HEADER_LEN.min(batch.len())..);
-    let records = match compression::decompress(codec, &body) {
-        Ok(r) => r,
-        Err(_) => return fallback,
+    let Ok(records) = compression::decompress(codec, &body) else {
+        return fallback;
     };
     for rec in RecordIter::new(records, h.base_offset, h.base_timestamp, h.records_count) {
         match rec {
@@ -386,4 +608,121 @@ fn first_record_at_or_after(h: &BatchHeader, batch: &Bytes, timestamp: i64) -> (
         }
     }
     fallback
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use millrace_protocol::records::BatchBuilder;
+
+    fn batch(base: i64, ts: i64, records: usize, value_len: usize) -> Bytes {
+        let mut b = BatchBuilder::new(ts).offsets(base, 0);
+        for i in 0..records {
+            b.push(ts + i as i64, Some(b"k"), Some(&vec![7u8; value_len]), &[]);
+        }
+        b.finish()
+    }
+
+    fn config() -> LogConfig {
+        LogConfig {
+            index_interval_bytes: 300,
+            segment_index_bytes: 4096,
+            ..LogConfig::default()
+        }
+    }
+
+    fn append(seg: &mut Segment, b: &Bytes) {
+        let h = BatchHeader::parse(b).unwrap();
+        seg.append(b.len(), std::iter::once(h), 300, |f, at| {
+            std::os::unix::fs::FileExt::write_all_at(f, b, at)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn lookups_through_the_sparse_index_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 100, 1 << 20, &config(), 0).unwrap();
+        let mut offset = 100;
+        let mut starts = Vec::new();
+        for i in 0..50 {
+            let b = batch(offset, 1_000 + i * 10, 3, 40);
+            starts.push((offset, seg.size()));
+            append(&mut seg, &b);
+            offset += 3;
+        }
+        assert!(seg.index.len() > 5 && seg.index.len() < 50, "sparse");
+        assert_eq!(seg.next_offset(), 250);
+        for (base, pos) in &starts {
+            for o in *base..*base + 3 {
+                assert_eq!(seg.find(o), Some(*pos), "offset {o}");
+            }
+        }
+        assert_eq!(seg.find(250), None);
+        assert_eq!(seg.find(0), Some(0), "below the base: the first batch");
+        assert_eq!(seg.offset_for_timestamp(1_000), Some((100, 1_000)));
+        assert_eq!(seg.offset_for_timestamp(1_101), Some((131, 1_101)));
+        assert_eq!(seg.offset_for_timestamp(1_105), Some((133, 1_110)));
+        assert_eq!(seg.offset_for_timestamp(5_000), None);
+        assert_eq!(seg.max_timestamp_entry(), Some((1_492, 249)));
+        seg.seal().unwrap();
+        drop(seg);
+        let back = Segment::open_sealed(dir.path(), 100).unwrap().unwrap();
+        assert_eq!(back.next_offset(), 250);
+        assert_eq!(back.max_timestamp(), 1_492);
+        for (base, pos) in &starts {
+            assert_eq!(back.find(*base + 1), Some(*pos));
+        }
+        assert_eq!(back.offset_for_timestamp(1_101), Some((131, 1_101)));
+    }
+
+    #[test]
+    fn kip74_read_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 1 << 20, &config(), 0).unwrap();
+        let a = batch(0, 1, 1, 500);
+        let b = batch(1, 1, 1, 100);
+        append(&mut seg, &a);
+        append(&mut seg, &b);
+        // Too small for the first batch: nothing, unless at least one batch is wanted.
+        assert_eq!(seg.read(0, 10, false).unwrap().len(), 0);
+        assert_eq!(seg.read(0, 10, true).unwrap(), a);
+        // Exactly the first batch, then both, never a partial batch.
+        assert_eq!(seg.read(0, a.len(), false).unwrap(), a);
+        assert_eq!(seg.read(0, a.len() + b.len() - 1, true).unwrap(), a);
+        assert_eq!(
+            seg.read(0, usize::MAX, false).unwrap().len(),
+            a.len() + b.len()
+        );
+        assert_eq!(seg.read(1, usize::MAX, false).unwrap(), b);
+        assert_eq!(seg.read(2, usize::MAX, false), None);
+    }
+
+    #[test]
+    fn a_damaged_index_entry_costs_a_scan_not_a_wrong_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 1 << 20, &config(), 0).unwrap();
+        for i in 0..20 {
+            append(&mut seg, &batch(i * 2, 5, 2, 100));
+        }
+        // An index whose entry for offset 10 points one byte past its batch.
+        let good = seg.position_of(10);
+        seg.index = OffsetIndex::create(&dir.path().join("bad.index"), 4096).unwrap();
+        seg.index.push(0, 0);
+        seg.index.push(10, good as u32 + 1);
+        for o in [10, 11, 12, 39] {
+            let got = seg.read(o, 1, true).unwrap();
+            let h = BatchHeader::parse(&got).unwrap();
+            assert!(h.base_offset <= o && o <= h.last_offset(), "offset {o}");
+        }
+    }
+
+    #[test]
+    fn torn_bytes_ignore_preallocated_zeros() {
+        let mut data = vec![0u8; 1 << 20];
+        assert_eq!(torn_bytes(&data, 100), 0);
+        data[100..112].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        data[300] = 1;
+        assert_eq!(torn_bytes(&data, 100), 201);
+    }
 }
