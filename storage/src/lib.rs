@@ -72,7 +72,7 @@ pub mod segment;
 pub use cleaner::CleanStats;
 pub use config::{LogConfig, TimestampType};
 pub use error::{Error, Result};
-pub use log::{AppendInfo, Log, ReadSlice};
+pub use log::{AppendInfo, Log, ReadSlice, RecoveryReport};
 pub use manager::{LogManager, DEFAULT_RETENTION_CHECK_INTERVAL};
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
 use millrace_protocol::records::BatchBuilder;
+use millrace_protocol::records::BatchHeader;
 use millrace_storage::{Log, LogConfig};
 
 fn batch(i: usize, records: usize, pid: Option<(i64, i32)>) -> Bytes {
@@ -49,7 +50,7 @@ fn all_batches(log: &Log) -> Vec<(i64, Vec<u8>)> {
         let mut rest = &slice.records[..];
         assert!(!rest.is_empty());
         while !rest.is_empty() {
-            let h = millrace_protocol::records::BatchHeader::parse(rest).unwrap();
+            let h = BatchHeader::parse(rest).unwrap();
             out.push((h.base_offset, rest[8..h.total_len()].to_vec()));
             offset = h.last_offset() + 1;
             rest = &rest[h.total_len()..];
@@ -89,6 +90,22 @@ fn cutting_the_last_batch_at_every_length_keeps_exactly_the_valid_prefix() {
         let log = Log::open(&case, "t", 0, config()).unwrap();
         let got = all_batches(&log);
         let whole = cut == batches[3].len();
+        // The report counts the torn bytes (up to the last non-zero one), never more than were there.
+        let report = log.recovery();
+        assert!(!report.clean && report.validated_segments == 1);
+        if whole || cut == 0 {
+            assert_eq!(report.truncated_bytes, 0, "cut at {cut}");
+        } else {
+            assert!(
+                report.truncated_bytes <= cut as u64,
+                "cut at {cut}: {report:?}"
+            );
+            assert_eq!(
+                report.truncated_bytes > 0,
+                cut >= 8,
+                "cut at {cut}: {report:?}"
+            );
+        }
         assert_eq!(got.len(), if whole { 4 } else { 3 }, "cut at {cut}");
         assert_eq!(&got[..], &expected[..got.len()], "cut at {cut}");
         let end = if whole { 10 } else { 6 };
@@ -106,25 +123,165 @@ fn cutting_the_last_batch_at_every_length_keeps_exactly_the_valid_prefix() {
     }
 }
 
-#[test]
-fn a_flipped_byte_in_the_tail_batch_truncates_there_and_zeros_read_as_the_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("p");
+/// Three batches appended and left as after kill -9; returns the log folder and where the last batch starts.
+fn three_batches_crashed(dir: &Path) -> (std::path::PathBuf, usize, usize) {
+    let path = dir.join("p");
     let batches: Vec<Bytes> = (0..3).map(|i| batch(i, 3, None)).collect();
-    {
-        let log = Log::open(&path, "t", 0, config()).unwrap();
-        for b in &batches {
-            log.append(&mut BytesMut::from(&b[..]), 5).unwrap();
-        }
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    for b in &batches {
+        log.append_slice(b, 5).unwrap();
     }
+    drop(log);
+    (path, batches[0].len() + batches[1].len(), batches[2].len())
+}
+
+fn damage(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     let seg = path.join("00000000000000000000.log");
     let mut data = std::fs::read(&seg).unwrap();
-    let last_start = batches[0].len() + batches[1].len();
-    data[last_start + 70] ^= 0x40;
+    f(&mut data);
     std::fs::write(&seg, &data).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_the_middle_of_the_tail_batch_truncates_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, last_start, last_len) = three_batches_crashed(dir.path());
+    damage(&path, |d| d[last_start + last_len / 2] ^= 0x40);
     let log = Log::open(&path, "t", 0, config()).unwrap();
     assert_eq!(log.log_end_offset(), 6);
     assert_eq!(all_batches(&log).len(), 2);
+    assert!(log.recovery().truncated_bytes >= (last_len / 2) as u64);
+    assert_eq!(
+        std::fs::metadata(path.join("00000000000000000000.log"))
+            .unwrap()
+            .len(),
+        config().segment_bytes,
+        "cut, then preallocated again"
+    );
+    let next = log.append_slice(&batch(9, 1, None), 5).unwrap();
+    assert_eq!(next.base_offset, 6);
+    drop(log);
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert_eq!(log.log_end_offset(), 7);
+    assert_eq!(log.recovery().truncated_bytes, 0);
+}
+
+#[test]
+fn a_batch_whose_base_offset_never_reached_the_disk_is_cut() {
+    // append_slice writes a batch's body, then its base offset: a crash in between leaves zeros there, under
+    // a body whose CRC is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, last_start, _) = three_batches_crashed(dir.path());
+    damage(&path, |d| d[last_start..last_start + 8].fill(0));
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert_eq!(log.log_end_offset(), 6);
+}
+
+#[test]
+fn a_hole_of_zeros_inside_the_tail_batch_is_cut() {
+    // Pages of one write reach the disk out of order: a later page made it, an earlier one did not.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, last_start, _) = three_batches_crashed(dir.path());
+    damage(&path, |d| d[last_start + 61..last_start + 100].fill(0));
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert_eq!(log.log_end_offset(), 6);
+}
+
+#[test]
+fn corruption_in_an_older_segment_cuts_there_and_drops_the_segments_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let small = LogConfig {
+        segment_bytes: 2048,
+        ..config()
+    };
+    let log = Log::open(&path, "t", 0, small.clone()).unwrap();
+    for i in 0..100 {
+        log.append_slice(&batch(i, 2, None), 5).unwrap();
+    }
+    let bases = log.segment_bases();
+    assert!(bases.len() > 4);
+    drop(log);
+    // Without the recovery checkpoint nothing is trusted: every segment is validated.
+    std::fs::remove_file(path.join("recovery-point-checkpoint")).unwrap();
+    let seg = path.join(format!("{:020}.log", bases[1]));
+    let mut data = std::fs::read(&seg).unwrap();
+    let first_len = BatchHeader::parse(&data).unwrap().total_len();
+    data[first_len + 40] ^= 1; // inside the segment's second batch
+    std::fs::write(&seg, &data).unwrap();
+    let log = Log::open(&path, "t", 0, small).unwrap();
+    let report = log.recovery();
+    assert_eq!(report.segments_removed, bases.len() - 2, "{report:?}");
+    assert_eq!(report.validated_segments, 2, "{report:?}");
+    assert!(report.truncated_bytes > 0);
+    let end = bases[1] + 2;
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.segment_bases(), vec![bases[0], bases[1]]);
+    // The cut segment stays sealed; the next append starts a new one right after it.
+    assert_eq!(
+        log.append_slice(&batch(0, 1, None), 5).unwrap().base_offset,
+        end
+    );
+    assert_eq!(log.segment_bases(), vec![bases[0], bases[1], end]);
+}
+
+#[test]
+fn missing_and_damaged_indexes_are_rebuilt_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let small = LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 200,
+        ..config()
+    };
+    let (want, bases) = {
+        let log = Log::open(&path, "t", 0, small.clone()).unwrap();
+        for i in 0..60 {
+            log.append_slice(&batch(i, 2, None), 5).unwrap();
+        }
+        log.close().unwrap();
+        (all_batches(&log), log.segment_bases())
+    };
+    let file = |base: i64, suffix: &str| path.join(format!("{base:020}.{suffix}"));
+    let index_len = std::fs::metadata(file(bases[0], "index")).unwrap().len();
+    assert!(index_len >= 16, "sparse but not empty: {index_len}");
+    std::fs::remove_file(file(bases[0], "index")).unwrap();
+    std::fs::write(file(bases[1], "timeindex"), b"short").unwrap();
+    // Entries that are well-formed but point between batches.
+    let mut bogus = Vec::new();
+    for (o, p) in [(0u32, 0u32), (3, 17), (5, 33)] {
+        bogus.extend_from_slice(&o.to_be_bytes());
+        bogus.extend_from_slice(&p.to_be_bytes());
+    }
+    std::fs::write(file(bases[2], "index"), &bogus).unwrap();
+
+    let log = Log::open(&path, "t", 0, small).unwrap();
+    assert_eq!(all_batches(&log), want);
+    for offset in 0..120 {
+        let s = log.read(offset, 1, true).unwrap();
+        let h = BatchHeader::parse(&s.records).unwrap();
+        assert!(
+            h.base_offset <= offset && offset <= h.last_offset(),
+            "offset {offset}"
+        );
+    }
+    // Batch i holds offsets 2i and 2i+1 at timestamp 1000 + i.
+    for i in 0..60 {
+        assert_eq!(
+            log.offset_for_timestamp(1_000 + i),
+            Some((2 * i, 1_000 + i))
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(file(bases[0], "index")).unwrap().len(),
+        index_len
+    );
+    assert!(
+        std::fs::metadata(file(bases[1], "timeindex"))
+            .unwrap()
+            .len()
+            >= 12
+    );
 }
 
 #[test]
@@ -164,7 +321,7 @@ fn clean_close_and_crash_both_keep_every_batch() {
     // Reads from every offset return the batch that holds it.
     for offset in 0..210 {
         let s = log.read(offset, 1, true).unwrap();
-        let h = millrace_protocol::records::BatchHeader::parse(&s.records).unwrap();
+        let h = BatchHeader::parse(&s.records).unwrap();
         assert!(h.base_offset <= offset && offset <= h.last_offset());
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use parking_lot::RwLock;
 use tokio::sync::Notify;
 
-use super::{now_ms, rebuild_producers, Inner, Log};
+use super::{now_ms, rebuild_producers, Inner, Log, RecoveryReport};
 use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::error::Result;
@@ -135,6 +135,12 @@ impl Log {
             flush_lock: tokio::sync::Mutex::new(()),
             fsyncs: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
+            recovery: RecoveryReport {
+                clean,
+                validated_segments: validated,
+                truncated_bytes,
+                segments_removed: removed,
+            },
         })
     }
 }
