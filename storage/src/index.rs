@@ -4,7 +4,8 @@
 //!
 //! All big-endian. Invariants: offsets and positions strictly increase from entry to entry, and so do timestamps;
 //! `entries * ENTRY <= map.len()`. An active index is preallocated to `segment.index.bytes` and full when that is
-//! used up (the log then rolls); sealing cuts the file to its entries and fsyncs it.
+//! used up (the log then rolls); sealing cuts the file to its entries (and the log fsyncs it, see
+//! `log::sealer`).
 //!
 //! Indexes carry no checksum because they can always be rebuilt from the log: the active segment's indexes are
 //! rebuilt on every unclean open, a sealed index is checked for shape when opened (and rebuilt if it fails), and a
@@ -108,16 +109,14 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
         lo.checked_sub(1)
     }
 
-    /// Cuts the preallocated tail so the file holds exactly its entries, makes it durable, and remaps it at its
-    /// new size (no mapping ever outlives the bytes it shows). Called when the segment is sealed.
-    fn seal(&mut self) -> Result<()> {
+    /// Cuts the preallocated tail so the file holds exactly its entries, and remaps it at its new size (no
+    /// mapping ever outlives the bytes it shows). Called when the segment is sealed; cheap: no fsync.
+    fn finish(&mut self) -> Result<()> {
         let len = (self.entries * ENTRY) as u64;
         if self.map.len() as u64 != len {
-            self.map.flush()?;
             self.file.set_len(len)?;
             self.map = map_index(&self.file)?;
         }
-        self.file.sync_all()?;
         Ok(())
     }
 
@@ -201,8 +200,13 @@ impl OffsetIndex {
         self.0.is_full()
     }
 
-    pub fn seal(&mut self) -> Result<()> {
-        self.0.seal()
+    /// Cuts the preallocated tail (see `Mapped::finish`); the caller fsyncs the file.
+    pub fn finish(&mut self) -> Result<()> {
+        self.0.finish()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
     }
 
     pub fn remove(self) {
@@ -276,8 +280,13 @@ impl TimeIndex {
         (self.0.entries + 2) * 12 > self.0.map.len()
     }
 
-    pub fn seal(&mut self) -> Result<()> {
-        self.0.seal()
+    /// Cuts the preallocated tail (see `Mapped::finish`); the caller fsyncs the file.
+    pub fn finish(&mut self) -> Result<()> {
+        self.0.finish()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
     }
 
     pub fn remove(self) {
@@ -308,7 +317,7 @@ mod tests {
         }
         assert_eq!(idx.len(), 10, "a full index stops growing");
         assert!(idx.is_full());
-        idx.seal().unwrap();
+        idx.finish().unwrap();
         let path = dir.path().join("a.index");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 80);
         let back = OffsetIndex::open_sealed(&path, 10_000).unwrap().unwrap();
@@ -324,7 +333,7 @@ mod tests {
         let mut idx = OffsetIndex::create(&path, 800).unwrap();
         idx.push(0, 0);
         idx.push(10, 1000);
-        idx.seal().unwrap();
+        idx.finish().unwrap();
         drop(idx);
         assert!(OffsetIndex::open_sealed(&path, 2000).unwrap().is_some());
         // A position past the end of the log, a missing file, a torn entry, a preallocated tail of zeros.
@@ -355,7 +364,7 @@ mod tests {
         assert_eq!(idx.lookup(150), 0);
         assert_eq!(idx.lookup(201), 10);
         assert_eq!(idx.last(), Some((200, 10)));
-        idx.seal().unwrap();
+        idx.finish().unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 24);
         let back = TimeIndex::open_sealed(&path).unwrap().unwrap();
         assert_eq!(back.last(), Some((200, 10)));

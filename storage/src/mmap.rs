@@ -8,12 +8,14 @@
 //!   afterwards (under the log's write lock); recovery truncates only bytes it never published; anything that must
 //!   remove published bytes (compaction, `truncate_to`) writes a new file and renames it over the old one, so
 //!   existing mappings keep the old inode alive and unchanged. Readers only ever slice published ranges, so pages
-//!   past the end of a file (after a seal cut the preallocated tail) are never touched.
+//!   past the end of a file (a segment's mapping spans the most it may ever hold) are never touched.
 //! - **Index files** are private to their segment, mapped mutably, reached only through `&mut` under the log's
-//!   write lock (reads through `&` under its read lock), and never truncated while mapped by anyone else.
+//!   write lock (reads through `&` under its read lock); the one truncation (cutting the preallocated tail at
+//!   seal) happens through `&mut` and replaces the mapping before anything reads it again.
 //!
 //! Why appends use `pwrite` rather than writing through a writable mapping: a full disk then surfaces as an
-//! `io::Error` from `pwrite`, where a store into a mapped page of a sparse file would raise SIGBUS.
+//! `io::Error` from `pwrite`, where a store into a mapped page past the end of the file, or of a sparse file,
+//! would raise SIGBUS; and a failed `pwrite` publishes nothing.
 #![allow(unsafe_code)]
 
 use std::fs::File;

@@ -7,9 +7,13 @@
 //! - Bytes `[0, size)` of the file are whole, valid batches with increasing offsets ("published"); only they are
 //!   ever read, and they are never written again while the file is mapped (the rule of [`crate::mmap`]).
 //! - `next_offset` is one past the last offset of the last batch (`base_offset` when empty).
-//! - While active, the file is preallocated (sparse, zeros) to `capacity` so that the one read-only mapping made
-//!   at creation covers every byte it will ever hold; sealing cuts the file back to `size`, fsyncs it and its
-//!   indexes, and from then on nothing in the segment changes.
+//! - The one read-only mapping made when the segment is created or opened spans `capacity` bytes, the most the
+//!   segment will ever hold, although the file is only as long as what was written: pages past its end are never
+//!   touched because only published bytes are. (No preallocation: a sparse preallocated file saves no
+//!   metadata work, and a crash would leave a zero tail to tell apart from a torn write.)
+//! - Once sealed (at roll, close, or when opened as an older segment) nothing in the segment changes. Sealing
+//!   is split: [`Segment::finish`] (cut the indexes to size, under the log's lock, cheap) and the fsync of the
+//!   files (by the log's background sealer, or at once by [`Segment::seal`]).
 //!
 //! Not thread-safe by itself: the owning [`crate::Log`] serializes writers and readers with its lock. `Bytes`
 //! handed out by [`Segment::read`] stay valid after the lock is released and even after the segment is deleted.
@@ -41,7 +45,7 @@ pub struct Segment {
     log_path: PathBuf,
     file: Arc<File>,
     map: LogMap,
-    /// Bytes the file is preallocated to and the mapping covers; an append must fit below it.
+    /// Bytes the mapping covers; an append must fit below it.
     capacity: usize,
     /// Published bytes: whole batches.
     size: usize,
@@ -68,6 +72,29 @@ pub struct Recovered {
     pub cut: bool,
 }
 
+/// The files of a finished segment, to fsync (possibly on another thread, while the log goes on).
+#[derive(Debug, Clone)]
+pub struct SealFiles {
+    data: Arc<File>,
+    indexes: [PathBuf; 2],
+}
+
+impl SealFiles {
+    /// fsyncs the data and both indexes (the mapped index pages are in the page cache, so an fsync of the file
+    /// writes them). An index already deleted (retention got there first) is skipped.
+    pub fn sync(&self) -> Result<()> {
+        self.data.sync_all()?;
+        for path in &self.indexes {
+            match File::open(path) {
+                Ok(f) => f.sync_all()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What an append brings, for [`Segment::should_roll`].
 #[derive(Debug, Clone, Copy)]
 pub struct Incoming {
@@ -90,7 +117,7 @@ pub fn active_capacity(config: &LogConfig, len: usize) -> usize {
 }
 
 impl Segment {
-    /// Creates an empty active segment, preallocated to `capacity` bytes, and makes its creation durable.
+    /// Creates an empty active segment that can grow to `capacity` bytes, and makes its creation durable.
     pub fn create(
         dir: &Path,
         base_offset: i64,
@@ -105,7 +132,6 @@ impl Segment {
             .create(true)
             .truncate(true)
             .open(&log)?;
-        file.set_len(capacity as u64)?;
         let map = LogMap::new(&file, capacity)?;
         let seg = Segment {
             base_offset,
@@ -135,8 +161,8 @@ impl Segment {
     /// torn batch; without, the shape of each header is still checked, so a bad length can never send a read
     /// astray. Offsets must increase from batch to batch: a lower one is garbage, or a batch whose base offset
     /// (written after its body when appending from a shared buffer, and not covered by the CRC) never reached the
-    /// disk. An `active` segment is preallocated again; any other is sealed (indexes cut to size and fsynced, so
-    /// that the next open can trust them).
+    /// disk. A segment that is not `active` is sealed (indexes cut to size and fsynced, so that the next open can
+    /// trust them).
     pub fn open(
         dir: &Path,
         base_offset: i64,
@@ -193,15 +219,11 @@ impl Segment {
                 truncated_bytes: torn_bytes(map.slice(0, file_len), pos) as u64,
                 cut: true,
             };
-            // Cut the torn or corrupt tail (and any preallocated zeros) durably: the bytes are unpublished.
+            // Cut the torn or corrupt tail durably: those bytes were never published.
             seg.file.set_len(pos as u64)?;
             seg.file.sync_all()?;
         }
-        if active {
-            if (seg.file.metadata()?.len() as usize) < capacity {
-                seg.file.set_len(capacity as u64)?;
-            }
-        } else {
+        if !active {
             seg.seal()?;
         }
         Ok((seg, rec))
@@ -499,23 +521,31 @@ impl Segment {
         Ok(())
     }
 
-    /// Makes the segment final: data fsynced, file cut to what it holds, the last time-index entry added, indexes
-    /// cut to size and fsynced. Idempotent.
+    /// The cheap half of sealing: no more appends, file cut to what it holds (if a failed write left more), the
+    /// last time-index entry added, indexes cut to size. Returns what remains to fsync. Idempotent.
+    pub fn finish(&mut self) -> Result<SealFiles> {
+        if !self.sealed {
+            if self.file.metadata()?.len() != self.size as u64 {
+                self.file.set_len(self.size as u64)?;
+            }
+            self.capacity = self.size;
+            self.push_time_entry();
+            self.index.finish()?;
+            self.time_index.finish()?;
+            self.sealed = true;
+        }
+        Ok(SealFiles {
+            data: self.file.clone(),
+            indexes: [
+                self.index.path().to_path_buf(),
+                self.time_index.path().to_path_buf(),
+            ],
+        })
+    }
+
+    /// Seals the segment now: [`Segment::finish`], then every file fsynced.
     pub fn seal(&mut self) -> Result<()> {
-        if self.sealed {
-            return Ok(());
-        }
-        self.file.sync_data()?;
-        if self.file.metadata()?.len() != self.size as u64 {
-            self.file.set_len(self.size as u64)?;
-        }
-        self.file.sync_all()?;
-        self.capacity = self.size;
-        self.push_time_entry();
-        self.index.seal()?;
-        self.time_index.seal()?;
-        self.sealed = true;
-        Ok(())
+        self.finish()?.sync()
     }
 
     /// Removes the segment's files. Readers holding slices keep the old bytes (the mapping holds the inode).

@@ -155,8 +155,8 @@ fn a_flipped_byte_in_the_middle_of_the_tail_batch_truncates_there() {
         std::fs::metadata(path.join("00000000000000000000.log"))
             .unwrap()
             .len(),
-        config().segment_bytes,
-        "cut, then preallocated again"
+        last_start as u64,
+        "cut durably where the valid prefix ends"
     );
     let next = log.append_slice(&batch(9, 1, None), 5).unwrap();
     assert_eq!(next.base_offset, 6);

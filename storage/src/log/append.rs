@@ -10,11 +10,11 @@ use std::os::unix::fs::FileExt;
 
 use millrace_protocol::records::{attributes, set_base_offset, BatchHeader, BatchIter, CRC_START};
 
+use super::sealer::SealJob;
 use super::{now_ms, AppendInfo, Inner, Log};
 use crate::checkpoint;
 use crate::config::{LogConfig, TimestampType};
 use crate::error::{Error, Result};
-use crate::names::RECOVERY_CHECKPOINT;
 use crate::producer_state::{Check, PendingAppend};
 use crate::segment::{active_capacity, Incoming, Segment};
 
@@ -199,9 +199,10 @@ impl Log {
         self.roll_locked(inner, config, active_capacity(config, incoming.len), now)
     }
 
-    /// Seals the active segment and starts a new one at the log end, preallocated to `capacity`. An empty active
-    /// segment (too small for what comes) is replaced rather than sealed. Then, since everything below the new
-    /// segment is fsynced, the producer snapshot and the recovery checkpoint move to its base.
+    /// Seals the active segment and starts a new one at the log end, able to grow to `capacity`. An empty active
+    /// segment (too small for what comes) is replaced rather than sealed. The fsync of the sealed segment, then
+    /// the producer snapshot and the recovery checkpoint at the new base, are left to the background sealer, so
+    /// a roll never stalls appends for the seconds a full segment takes to write back.
     pub(super) fn roll_locked(
         &self,
         inner: &mut Inner,
@@ -211,20 +212,25 @@ impl Log {
     ) -> Result<()> {
         let next = inner.next_offset;
         let active = inner.active_mut()?;
-        if active.is_empty() {
+        let sealed = if active.is_empty() {
             let base = active.base_offset();
             if let Some(old) = inner.segments.remove(&base) {
                 old.delete();
             }
+            None
         } else {
-            active.seal()?;
-        }
+            Some(active.finish()?)
+        };
         let seg = Segment::create(&self.dir, next, capacity, config, now)?;
         inner.segments.insert(next, seg);
-        self.durable
-            .fetch_max(next, std::sync::atomic::Ordering::AcqRel);
-        self.write_snapshot(inner, next)?;
-        checkpoint::write_offset(&self.dir, RECOVERY_CHECKPOINT, next)?;
+        if let Some(files) = sealed {
+            self.sealer.submit(SealJob {
+                files,
+                snapshot: inner.producers.to_bytes(),
+                next,
+                generation: self.sealer.generation(),
+            });
+        }
         tracing::debug!(topic = %self.topic, partition = self.partition, base = next, "rolled");
         Ok(())
     }

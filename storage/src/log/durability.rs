@@ -1,9 +1,10 @@
 //! Durability: fsync on demand, on policy (flush.messages / flush.ms), for acks=all with group commit, and at
 //! clean close.
 //!
-//! Only the active segment ever needs an fsync here: older segments were fsynced when sealed at roll, and the
-//! active segment's indexes are rebuilt from the log whenever it was not sealed, so their durability never
-//! matters. Every fsync runs outside the log's lock, so appends and reads go on while it runs.
+//! Only the data of segments not yet known durable needs an fsync here: the active one, and right after a roll
+//! the one being sealed in the background (see `sealer`). Indexes never do: the active segment's are rebuilt from
+//! the log whenever it was not sealed, and sealed ones are fsynced by the sealer before the recovery checkpoint
+//! vouches for them. Every fsync runs outside the log's lock, so appends and reads go on while it runs.
 //!
 //! Group commit ([`Log::wait_durable`]): waiters queue on one async mutex. The first takes it, notes the log
 //! end, fsyncs, and advances `durable` to that end; each waiter behind it then usually finds its offset already
@@ -14,32 +15,49 @@ use std::fs::File;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::sealer::write_snapshot;
 use super::Log;
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::names::RECOVERY_CHECKPOINT;
 
 impl Log {
-    /// The active segment's file and the log end an fsync of it will cover. Resets the flush-policy counters:
-    /// the coming fsync satisfies them.
-    fn flush_target(&self) -> Result<(Arc<File>, i64)> {
+    /// The files an fsync must cover to make everything appended durable: every segment that is not yet known
+    /// durable (the active one, and a just-rolled one whose background seal has not finished), with the log end
+    /// they will cover. Resets the flush-policy counters: the coming fsync satisfies them.
+    fn unsynced(&self) -> Result<(Vec<Arc<File>>, i64)> {
         let mut inner = self.inner.write();
         inner.unflushed_messages = 0;
         inner.first_unflushed_ms = i64::MAX;
-        Ok((inner.active()?.data_file(), inner.next_offset))
+        let durable = self.sealer.durable();
+        let mut files = Vec::with_capacity(1);
+        let mut end = inner.next_offset;
+        for (base, seg) in inner.segments.iter().rev() {
+            if end <= durable {
+                break;
+            }
+            files.push(seg.data_file());
+            end = *base;
+        }
+        if files.is_empty() {
+            files.push(inner.active()?.data_file());
+        }
+        Ok((files, inner.next_offset))
     }
 
-    fn fsync(&self, file: &File, target: i64) -> Result<()> {
-        file.sync_data()?;
+    fn record_fsync(&self, target: i64) {
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        self.durable.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+        self.sealer.advance(target);
     }
 
     /// fsyncs everything appended so far (blocking).
     pub fn flush(&self) -> Result<()> {
-        let (file, target) = self.flush_target()?;
-        self.fsync(&file, target)
+        let (files, target) = self.unsynced()?;
+        for f in &files {
+            f.sync_data()?;
+        }
+        self.record_fsync(target);
+        Ok(())
     }
 
     /// Flushes if the flush.ms policy says so (for a periodic task: appends only check it when they come).
@@ -59,15 +77,15 @@ impl Log {
     /// away) is [`Error::OffsetOutOfRange`].
     pub async fn wait_durable(&self, offset: i64) -> Result<()> {
         loop {
-            if self.durable.load(Ordering::Acquire) > offset {
+            if self.sealer.durable() > offset {
                 return Ok(());
             }
             let _turn = self.flush_lock.lock().await;
-            if self.durable.load(Ordering::Acquire) > offset {
+            if self.sealer.durable() > offset {
                 return Ok(());
             }
             self.check_live()?;
-            let (file, target) = self.flush_target()?;
+            let (files, target) = self.unsynced()?;
             if target <= offset {
                 return Err(Error::OffsetOutOfRange {
                     offset,
@@ -76,27 +94,28 @@ impl Log {
                 });
             }
             // The fsync blocks for milliseconds: not on a runtime worker.
-            let f = file.clone();
-            tokio::task::spawn_blocking(move || f.sync_data())
+            tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| f.sync_data()))
                 .await
                 .map_err(|e| Error::Io(Arc::new(std::io::Error::other(e))))??;
-            self.fsyncs.fetch_add(1, Ordering::Relaxed);
-            self.durable.fetch_max(target, Ordering::AcqRel);
+            self.record_fsync(target);
         }
     }
 
-    /// Closes the log cleanly: seals the active segment (data and indexes fsynced, preallocation cut), writes the
-    /// producer snapshot and the recovery checkpoint at the log end, then the clean-shutdown marker, so the next
-    /// open reads no batch it does not have to. The log stays usable: a later append reopens it for writing.
+    /// Closes the log cleanly: waits for background seals, seals the active segment (data and indexes fsynced),
+    /// writes the producer snapshot and the recovery checkpoint at the log end, then the clean-shutdown marker, so
+    /// the next open reads no batch it does not have to. The log stays usable: a later append reopens it for
+    /// writing.
     pub fn close(&self) -> Result<()> {
         let mut inner = self.inner.write();
         if self.deleted.load(Ordering::Acquire) || inner.closed {
             return Ok(());
         }
+        self.sealer.wait_idle();
         let next = inner.next_offset;
         inner.active_mut()?.seal()?;
-        self.durable.fetch_max(next, Ordering::AcqRel);
-        self.write_snapshot(&inner, next)?;
+        self.sealer.advance(next);
+        let _io = self.sealer.invalidate();
+        write_snapshot(&self.dir, next, &inner.producers.to_bytes())?;
         checkpoint::write_offset(&self.dir, RECOVERY_CHECKPOINT, next)?;
         checkpoint::mark_clean(&self.dir)?;
         inner.closed = true;

@@ -21,16 +21,17 @@ mod compact;
 mod durability;
 mod open;
 mod retention;
+mod sealer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::Notify;
 
-use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::names::{offsets_in, segment_file, SNAPSHOT_SUFFIX};
@@ -75,9 +76,6 @@ pub struct RecoveryReport {
     /// Segments deleted because they followed a corrupt one.
     pub segments_removed: usize,
 }
-
-/// How many snapshots of producer state are kept (the newest ones).
-const SNAPSHOTS_KEPT: usize = 2;
 
 #[derive(Debug)]
 struct Inner {
@@ -125,7 +123,8 @@ pub struct Log {
     inner: RwLock<Inner>,
     config: RwLock<LogConfig>,
     appended: Notify,
-    durable: AtomicI64,
+    /// Background fsync of rolled segments, and the durable offset.
+    sealer: Arc<sealer::Sealer>,
     /// Serializes group-commit fsyncs: one runs at a time, and whoever waits behind it usually finds its offset
     /// already covered.
     flush_lock: tokio::sync::Mutex<()>,
@@ -185,7 +184,7 @@ impl Log {
 
     /// Everything below this offset is fsynced.
     pub fn durable_offset(&self) -> i64 {
-        self.durable.load(Ordering::Acquire)
+        self.sealer.durable()
     }
 
     /// Bytes stored across all segments.
@@ -283,18 +282,6 @@ impl Log {
         best?.max_timestamp_entry()
     }
 
-    /// Writes the producer state as of `offset` (a batch boundary: everything below it is reflected) and keeps
-    /// only the newest snapshots.
-    fn write_snapshot(&self, inner: &Inner, offset: i64) -> Result<()> {
-        let path = segment_file(&self.dir, offset, SNAPSHOT_SUFFIX);
-        checkpoint::write_atomically(&path, &inner.producers.to_bytes())?;
-        let snaps = offsets_in(&self.dir, SNAPSHOT_SUFFIX)?;
-        for old in snaps.iter().rev().skip(SNAPSHOTS_KEPT) {
-            let _ = std::fs::remove_file(segment_file(&self.dir, *old, SNAPSHOT_SUFFIX));
-        }
-        Ok(())
-    }
-
     fn check_live(&self) -> Result<()> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::Deleted(format!("{}-{}", self.topic, self.partition)));
@@ -336,6 +323,14 @@ fn rebuild_producers(
         });
     }
     Ok(producers)
+}
+
+impl Drop for Log {
+    /// Lets a queued seal finish, so that a log reopened right after being dropped never races its own
+    /// background writes (sealing is what a clean or crashed shutdown would have left on disk anyway).
+    fn drop(&mut self) {
+        self.sealer.wait_idle();
+    }
 }
 
 #[cfg(test)]

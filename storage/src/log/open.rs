@@ -14,11 +14,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use parking_lot::RwLock;
 use tokio::sync::Notify;
 
+use super::sealer::Sealer;
 use super::{now_ms, rebuild_producers, Inner, Log, RecoveryReport};
 use crate::checkpoint;
 use crate::config::LogConfig;
@@ -131,7 +132,7 @@ impl Log {
             }),
             config: RwLock::new(config),
             appended: Notify::new(),
-            durable: AtomicI64::new(next_offset),
+            sealer: Sealer::new(dir.to_path_buf(), next_offset),
             flush_lock: tokio::sync::Mutex::new(()),
             fsyncs: AtomicU64::new(0),
             deleted: AtomicBool::new(false),

@@ -146,6 +146,8 @@ impl Log {
             checkpoint::clear_clean(&self.dir)?;
             inner.closed = false;
         }
+        // Seals queued before the cut must not write snapshots or checkpoints for offsets that are going away.
+        let _io = self.sealer.invalidate();
         let new_end = if offset <= inner.log_start_offset {
             for (_, seg) in std::mem::take(&mut inner.segments) {
                 seg.delete();
@@ -203,7 +205,7 @@ impl Log {
             checkpoint::write_offset(&self.dir, RECOVERY_CHECKPOINT, active_base)?;
         }
         inner.producers = rebuild_producers(&self.dir, &inner.segments, inner.next_offset)?;
-        self.durable.fetch_min(inner.next_offset, Ordering::AcqRel);
+        self.sealer.retreat(inner.next_offset);
         tracing::info!(
             topic = %self.topic,
             partition = self.partition,
@@ -217,6 +219,8 @@ impl Log {
     pub fn delete(&self) -> Result<()> {
         let _inner = self.inner.write();
         self.deleted.store(true, Ordering::Release);
+        // Queued seals must not write into the folder as it goes.
+        let _io = self.sealer.invalidate();
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

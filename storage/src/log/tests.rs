@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 use millrace_protocol::records::{validate_batch, BatchBuilder, BatchHeader, BatchIter};
 
 use super::*;
+use crate::checkpoint;
 use crate::config::TimestampType;
 
 /// A batch of `n` records of `value_len` bytes at timestamp `ts`.
