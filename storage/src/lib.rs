@@ -8,6 +8,7 @@
 //!      ├─ open.rs                  recovery: checkpoint, clean marker, tail validation, truncation
 //!      ├─ append.rs                offsets, idempotence checks, LogAppendTime, roll
 //!      ├─ durability.rs            flush, flush policy, group-committed fsync (wait_durable), clean close
+//!      ├─ sealer.rs                background fsync of rolled segments, then snapshot + recovery checkpoint
 //!      ├─ retention.rs             retention by time and size, DeleteRecords, truncate_to, delete
 //!      ├─ compact.rs               swapping in segments cleaned by cleaner.rs
 //!      ├─ ProducerStates (producer_state.rs)   epochs and last 5 batches per producer; snapshots
@@ -52,10 +53,11 @@
 //! # Durability in one paragraph
 //!
 //! Appends `pwrite` into the page cache (acks=1 is answered then). [`Log::wait_durable`] resolves after an
-//! fsync that covers the offset, one fsync serving every concurrent waiter (acks=all). Segments are fsynced when
-//! sealed at roll, and the recovery checkpoint then moves past them, so after a crash only the active segment is
-//! validated (CRC-32C, batch by batch) and cut at the first torn batch. Producer state is snapshotted at roll and
-//! at clean close and rebuilt from batch headers after the snapshot.
+//! fsync that covers the offset, one fsync serving every concurrent waiter (acks=all). A rolled segment is
+//! fsynced in the background, and only then does the recovery checkpoint move past it, so after a crash only the
+//! segments above the checkpoint (normally just the active one) are validated (CRC-32C, batch by batch) and cut
+//! at the first torn batch. Producer state is snapshotted at roll and at clean close and rebuilt from batch
+//! headers after the snapshot.
 
 pub mod checkpoint;
 pub mod cleaner;

@@ -31,7 +31,15 @@ impl Log {
     /// Opens (creating if needed) the log of `topic`-`partition` in `dir`, recovering it (see the module
     /// documentation of `log::open`).
     pub fn open(dir: &Path, topic: &str, partition: i32, config: LogConfig) -> Result<Log> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            // A new partition's folder must survive a crash before anything acknowledged lands in it.
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            checkpoint::sync_dir(parent)?;
+        }
         let started = std::time::Instant::now();
         let now = now_ms();
         let clean = checkpoint::is_clean(dir);
