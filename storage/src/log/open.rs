@@ -24,7 +24,10 @@ use super::{now_ms, rebuild_producers, Inner, Log, RecoveryReport};
 use crate::checkpoint;
 use crate::config::LogConfig;
 use crate::error::Result;
-use crate::names::{is_debris, offsets_in, LOG_START_CHECKPOINT, LOG_SUFFIX, RECOVERY_CHECKPOINT};
+use crate::names::{
+    is_debris, offsets_in, segment_file, INDEX_SUFFIX, LOG_START_CHECKPOINT, LOG_SUFFIX,
+    RECOVERY_CHECKPOINT, TIME_INDEX_SUFFIX,
+};
 use crate::segment::{active_capacity, Segment};
 
 impl Log {
@@ -51,6 +54,15 @@ impl Log {
         }
         let recovery_point = checkpoint::read_offset(dir, RECOVERY_CHECKPOINT).unwrap_or(0);
         let bases = offsets_in(dir, LOG_SUFFIX)?;
+        // Indexes whose log is gone (a crash while deleting a segment) would only confuse a later segment of
+        // the same base: it recreates them anyway, but a stray one must not be mistaken for a segment.
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for base in offsets_in(dir, suffix)? {
+                if bases.binary_search(&base).is_err() {
+                    let _ = std::fs::remove_file(segment_file(dir, base, suffix));
+                }
+            }
+        }
 
         let mut segments = BTreeMap::new();
         let mut truncated_bytes = 0u64;
