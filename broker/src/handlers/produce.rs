@@ -167,7 +167,9 @@ pub fn handle(
             // Straight from the receive buffer to the log: storage writes the new base offset beside it.
             match log.append_slice(&records, now) {
                 Ok(info) => {
-                    if acks == -1 && !info.duplicate {
+                    // A retried duplicate waits too: its original write may not be on disk yet (an earlier
+                    // fsync can have timed out); when it is, the wait costs nothing.
+                    if acks == -1 {
                         durable_waits.push((ti, pi, log.clone(), info.last_offset));
                     }
                     partitions.push(PartitionProduceResponse {
