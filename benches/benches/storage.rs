@@ -39,7 +39,7 @@ fn bench_append(c: &mut Criterion, name: &str, size: usize, mut append: impl FnM
         b.iter(|| {
             append(&log, &batch);
             n += 1;
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 // Size retention only (time 0: no record is old), as a retention pass would run.
                 log.apply_retention(0).expect("retention");
             }
