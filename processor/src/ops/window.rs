@@ -1,0 +1,297 @@
+//! The keyed window aggregation: an accumulator per (key, window), emitted once when the watermark passes the
+//! window's end plus the allowed lateness, and late elements sent unchanged to the late-record topic.
+//!
+//! Invariants:
+//! - every window held is still open: `end + lateness > watermark`;
+//! - `watermark` only grows; a window is emitted exactly once, when it closes, and then forgotten;
+//! - `session_ends` lists, for every open session, its end and key (it may also hold stale entries for sessions
+//!   that merged or closed: they are skipped when popped).
+//!
+//! An element is late when every window it belongs to has closed. With hopping windows an element can be late
+//! for some of its windows only: it is added to the open ones and counted in `partially_late`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::aggregate::Aggregator;
+use crate::error::{Error, Result};
+use crate::metrics::OperatorMetrics;
+use crate::operator::{Collector, Operator};
+use crate::record::{OutRecord, WindowResult};
+use crate::state::{Key, StateCodec, StateReader, StateWriter};
+use crate::window::Window;
+
+/// Turns a late element back into the record written to the late topic.
+pub type LateFn<K, T> = Arc<dyn Fn(&K, &T, i64) -> OutRecord + Send + Sync>;
+
+struct Session<A> {
+    start: i64,
+    end: i64,
+    acc: A,
+}
+
+pub struct WindowAggregate<K, T, A: Aggregator<T>> {
+    window: Window,
+    lateness: i64,
+    agg: Arc<A>,
+    late: LateFn<K, T>,
+    watermark: i64,
+    /// Fixed (tumbling, hopping) windows by end.
+    fixed: BTreeMap<i64, HashMap<K, A::Acc>>,
+    sessions: HashMap<K, Vec<Session<A::Acc>>>,
+    session_ends: BTreeMap<i64, Vec<K>>,
+    scratch: Vec<(i64, i64)>,
+    late_records: u64,
+    partially_late: u64,
+}
+
+impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
+    pub fn new(window: Window, lateness_ms: i64, agg: Arc<A>, late: LateFn<K, T>) -> Self {
+        WindowAggregate {
+            window,
+            lateness: lateness_ms.max(0),
+            agg,
+            late,
+            watermark: i64::MIN,
+            fixed: BTreeMap::new(),
+            sessions: HashMap::new(),
+            session_ends: BTreeMap::new(),
+            scratch: Vec::new(),
+            late_records: 0,
+            partially_late: 0,
+        }
+    }
+
+    fn closed(&self, end: i64) -> bool {
+        end.saturating_add(self.lateness) <= self.watermark
+    }
+
+    fn add_fixed(&mut self, ts: i64, key: &K, item: &T) -> bool {
+        let mut windows = std::mem::take(&mut self.scratch);
+        windows.clear();
+        self.window.assign(ts, |s, e| windows.push((s, e)));
+        let mut open = 0;
+        for &(_, end) in &windows {
+            if self.closed(end) {
+                continue;
+            }
+            open += 1;
+            let per_key = self.fixed.entry(end).or_default();
+            match per_key.get_mut(key) {
+                Some(acc) => self.agg.add(acc, item),
+                None => {
+                    let mut acc = self.agg.init();
+                    self.agg.add(&mut acc, item);
+                    per_key.insert(key.clone(), acc);
+                }
+            }
+        }
+        if open > 0 && open < windows.len() {
+            self.partially_late += 1;
+        }
+        self.scratch = windows;
+        open > 0
+    }
+
+    fn add_session(&mut self, ts: i64, gap: i64, key: &K, item: &T) -> bool {
+        let (mut start, mut end) = (ts, ts.saturating_add(gap));
+        let sessions = self.sessions.entry(key.clone()).or_default();
+        let overlaps = |s: &Session<A::Acc>| s.start < end && start < s.end;
+        if !sessions.iter().any(overlaps) && end.saturating_add(self.lateness) <= self.watermark {
+            if sessions.is_empty() {
+                self.sessions.remove(key);
+            }
+            return false;
+        }
+        let mut acc = self.agg.init();
+        self.agg.add(&mut acc, item);
+        let mut i = 0;
+        while i < sessions.len() {
+            if sessions[i].start < end && start < sessions[i].end {
+                let s = sessions.swap_remove(i);
+                start = start.min(s.start);
+                end = end.max(s.end);
+                self.agg.merge(&mut acc, s.acc);
+                // A merge can reach sessions that did not overlap the element alone: look again.
+                i = 0;
+            } else {
+                i += 1;
+            }
+        }
+        sessions.push(Session { start, end, acc });
+        self.session_ends.entry(end).or_default().push(key.clone());
+        true
+    }
+
+    fn result(&self, key: K, start: i64, end: i64, acc: &A::Acc) -> WindowResult<K, A::Out> {
+        WindowResult {
+            key,
+            window_start: start,
+            window_end: end,
+            value: self.agg.finish(acc),
+        }
+    }
+
+    fn fire(&mut self, out: &mut dyn Collector<WindowResult<K, A::Out>>) {
+        let size = match self.window {
+            Window::Tumbling { size_ms } | Window::Hopping { size_ms, .. } => size_ms,
+            Window::Session { .. } => 0,
+        };
+        while let Some((&end, _)) = self.fixed.first_key_value() {
+            if !self.closed(end) {
+                break;
+            }
+            let Some((_, per_key)) = self.fixed.pop_first() else {
+                break;
+            };
+            // Sorted, so that results come out in the same order on every run (and in the test driver).
+            let mut entries: Vec<(K, A::Acc)> = per_key.into_iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for (key, acc) in entries {
+                let r = self.result(key, end.saturating_sub(size), end, &acc);
+                out.emit(end.saturating_sub(1), r);
+            }
+        }
+        while let Some((&end, _)) = self.session_ends.first_key_value() {
+            if !self.closed(end) {
+                break;
+            }
+            let Some((_, mut keys)) = self.session_ends.pop_first() else {
+                break;
+            };
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                let Some(sessions) = self.sessions.get_mut(&key) else {
+                    continue;
+                };
+                let mut closed = Vec::new();
+                let mut i = 0;
+                while i < sessions.len() {
+                    if sessions[i].end.saturating_add(self.lateness) <= self.watermark {
+                        closed.push(sessions.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+                if sessions.is_empty() {
+                    self.sessions.remove(&key);
+                }
+                closed.sort_unstable_by_key(|s| s.start);
+                for s in closed {
+                    let r = self.result(key.clone(), s.start, s.end, &s.acc);
+                    out.emit(s.end.saturating_sub(1), r);
+                }
+            }
+        }
+    }
+
+    fn state_entries(&self) -> u64 {
+        let fixed: usize = self.fixed.values().map(HashMap::len).sum();
+        let sessions: usize = self.sessions.values().map(Vec::len).sum();
+        (fixed + sessions) as u64
+    }
+}
+
+impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, T, A> {
+    type Out = WindowResult<K, A::Out>;
+
+    fn process(&mut self, timestamp: i64, (key, item): (K, T), out: &mut dyn Collector<Self::Out>) {
+        let accepted = match self.window {
+            Window::Session { gap_ms } => self.add_session(timestamp, gap_ms, &key, &item),
+            _ => self.add_fixed(timestamp, &key, &item),
+        };
+        if !accepted {
+            self.late_records += 1;
+            out.late((self.late)(&key, &item, timestamp));
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector<Self::Out>) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        self.fire(out);
+    }
+
+    fn on_checkpoint(&mut self, state: &mut Vec<u8>) {
+        let mut w = StateWriter {
+            buf: std::mem::take(state),
+        };
+        w.u8(1); // format version
+        w.i64(self.watermark);
+        w.u64(self.late_records);
+        w.u64(self.partially_late);
+        w.u32(self.fixed.len() as u32);
+        for (end, per_key) in &self.fixed {
+            w.i64(*end);
+            w.u32(per_key.len() as u32);
+            for (k, acc) in per_key {
+                k.encode(&mut w);
+                acc.encode(&mut w);
+            }
+        }
+        w.u32(self.sessions.len() as u32);
+        for (k, sessions) in &self.sessions {
+            k.encode(&mut w);
+            w.u32(sessions.len() as u32);
+            for s in sessions {
+                w.i64(s.start);
+                w.i64(s.end);
+                s.acc.encode(&mut w);
+            }
+        }
+        *state = w.buf;
+    }
+
+    fn on_restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state);
+        let version = r.u8()?;
+        if version != 1 {
+            return Err(Error::CorruptState(format!(
+                "window state version {version}"
+            )));
+        }
+        self.watermark = r.i64()?;
+        self.late_records = r.u64()?;
+        self.partially_late = r.u64()?;
+        self.fixed.clear();
+        self.sessions.clear();
+        self.session_ends.clear();
+        for _ in 0..r.count(12)? {
+            let end = r.i64()?;
+            let n = r.count(1)?;
+            let mut per_key = HashMap::with_capacity(n);
+            for _ in 0..n {
+                let k = K::decode(&mut r)?;
+                let acc = A::Acc::decode(&mut r)?;
+                per_key.insert(k, acc);
+            }
+            self.fixed.insert(end, per_key);
+        }
+        for _ in 0..r.count(5)? {
+            let k = K::decode(&mut r)?;
+            let n = r.count(16)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                let start = r.i64()?;
+                let end = r.i64()?;
+                let acc = A::Acc::decode(&mut r)?;
+                self.session_ends.entry(end).or_default().push(k.clone());
+                v.push(Session { start, end, acc });
+            }
+            self.sessions.insert(k, v);
+        }
+        if !r.is_empty() {
+            return Err(Error::CorruptState("trailing bytes in window state".into()));
+        }
+        Ok(())
+    }
+
+    fn report(&self, m: &mut OperatorMetrics) {
+        m.late_records = self.late_records;
+        m.partially_late = self.partially_late;
+        m.state_entries = self.state_entries();
+    }
+}

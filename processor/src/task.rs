@@ -1,0 +1,273 @@
+//! One task of a pipeline: the source-side stage for one input partition and the keyed-side stage for one key
+//! group, with the outputs it has produced since the last checkpoint.
+//!
+//! Both the threaded runtime ([`crate::runtime`]) and the [`crate::driver::TestDriver`] drive tasks through the
+//! type-erased [`TaskCore`], so pipelines behave the same under test as in the broker.
+//!
+//! Invariants: `local` and `outgoing` are empty between calls of the driving loop (everything fed is passed on
+//! before the watermark is published); outputs stay in `out` until a checkpoint takes them.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use crate::metrics::OperatorMetrics;
+use crate::operator::{Collector, Stage, TaskInfo, TaskState};
+use crate::partitioner::partition_for;
+use crate::record::{Message, OutRecord};
+
+/// Elements on their way from one task to another (a `Vec<(i64, M)>` inside).
+pub type Shipment = Box<dyn Any + Send>;
+
+/// Extracts an event time from a source record; `None` falls back to the record's timestamp.
+pub type EventTimeFn = Arc<dyn Fn(&Message) -> Option<i64> + Send + Sync>;
+
+/// Picks the task (of `n`) that owns an element after key_by.
+pub type RouteFn<M> = Arc<dyn Fn(&M, usize) -> usize + Send + Sync>;
+type RouteRef<'a, M> = &'a (dyn Fn(&M, usize) -> usize + Send + Sync);
+
+/// Where a pipeline's outputs go: the sink topic's partitions, then the late topic's.
+#[derive(Debug, Clone, Copy)]
+pub struct OutputLayout {
+    pub sink_partitions: usize,
+    pub late_partitions: usize,
+}
+
+/// Pending outputs, one list per output partition (sink partitions first, then late partitions).
+#[derive(Debug)]
+pub struct TaskOutput {
+    layout: OutputLayout,
+    task: usize,
+    pub slots: Vec<Vec<OutRecord>>,
+    pub bytes: usize,
+    pub late_dropped: u64,
+}
+
+impl TaskOutput {
+    fn new(layout: OutputLayout, task: usize) -> Self {
+        TaskOutput {
+            layout,
+            task,
+            slots: (0..layout.sink_partitions + layout.late_partitions)
+                .map(|_| Vec::new())
+                .collect(),
+            bytes: 0,
+            late_dropped: 0,
+        }
+    }
+
+    /// The partition for a record among `n`: Kafka's default partitioner for keyed records; a record without a
+    /// key stays with the partition of the task's own index, so that a task's unkeyed outputs keep their order.
+    fn partition(&self, r: &OutRecord, n: usize) -> usize {
+        match &r.key {
+            Some(k) => partition_for(k, n),
+            None => self.task % n.max(1),
+        }
+    }
+
+    fn push(&mut self, base: usize, n: usize, r: OutRecord) {
+        let p = self.partition(&r, n);
+        self.bytes += r.approx_size();
+        self.slots[base + p].push(r);
+    }
+}
+
+impl Collector<OutRecord> for TaskOutput {
+    fn emit(&mut self, _timestamp: i64, r: OutRecord) {
+        let n = self.layout.sink_partitions;
+        self.push(0, n, r);
+    }
+    fn late(&mut self, r: OutRecord) {
+        let n = self.layout.late_partitions;
+        if n == 0 {
+            // Only reachable for pipelines built without a late topic, which the builders refuse.
+            self.late_dropped += 1;
+            return;
+        }
+        self.push(self.layout.sink_partitions, n, r);
+    }
+}
+
+/// Routes source-side output to the task that owns its key (or keeps it here).
+struct Router<'a, M> {
+    route: Option<RouteRef<'a, M>>,
+    me: usize,
+    local: &'a mut Vec<(i64, M)>,
+    outgoing: &'a mut [Vec<(i64, M)>],
+    out: &'a mut TaskOutput,
+}
+
+impl<M> Collector<M> for Router<'_, M> {
+    fn emit(&mut self, timestamp: i64, item: M) {
+        let n = self.outgoing.len();
+        let target = self.route.map_or(self.me, |r| r(&item, n));
+        if target == self.me || target >= n {
+            self.local.push((timestamp, item));
+        } else {
+            self.outgoing[target].push((timestamp, item));
+        }
+    }
+    fn late(&mut self, record: OutRecord) {
+        self.out.late(record);
+    }
+}
+
+/// A task, with the element type between its two stages erased.
+pub trait TaskCore: Send {
+    fn start(&mut self);
+    fn restore(&mut self, state: &TaskState) -> crate::Result<()>;
+    /// Runs one source record through the source-side stage; keyed elements for other tasks wait in
+    /// `outgoing` until [`TaskCore::ship`], those for this task in `local` until [`TaskCore::process_local`].
+    fn feed(&mut self, m: Message);
+    /// Hands every element bound for another task to `send(target, shipment)`.
+    fn ship(&mut self, send: &mut dyn FnMut(usize, Shipment));
+    fn process_local(&mut self);
+    /// Processes elements another task shipped here.
+    fn accept(&mut self, shipment: Shipment);
+    fn watermark(&mut self, watermark: i64);
+    fn snapshot(&mut self) -> TaskState;
+    fn output(&mut self) -> &mut TaskOutput;
+    /// The largest event time this task's partition has produced.
+    fn max_ts(&self) -> i64;
+    fn set_max_ts(&mut self, ts: i64);
+    fn close(&mut self);
+    fn metrics(&self, into: &mut Vec<OperatorMetrics>);
+}
+
+pub struct Task<M> {
+    info: TaskInfo,
+    source: Box<dyn Stage<Message, Out = M>>,
+    keyed: Box<dyn Stage<M, Out = OutRecord>>,
+    route: Option<RouteFn<M>>,
+    event_time: Option<EventTimeFn>,
+    out: TaskOutput,
+    local: Vec<(i64, M)>,
+    outgoing: Vec<Vec<(i64, M)>>,
+    max_ts: i64,
+}
+
+impl<M: Send + 'static> Task<M> {
+    pub fn new(
+        info: TaskInfo,
+        source: Box<dyn Stage<Message, Out = M>>,
+        keyed: Box<dyn Stage<M, Out = OutRecord>>,
+        route: Option<RouteFn<M>>,
+        event_time: Option<EventTimeFn>,
+        layout: OutputLayout,
+    ) -> Self {
+        Task {
+            info,
+            source,
+            keyed,
+            route,
+            event_time,
+            out: TaskOutput::new(layout, info.index),
+            local: Vec::new(),
+            outgoing: (0..info.tasks).map(|_| Vec::new()).collect(),
+            max_ts: i64::MIN,
+        }
+    }
+}
+
+impl<M: Send + 'static> TaskCore for Task<M> {
+    fn start(&mut self) {
+        self.source.start(&self.info);
+        self.keyed.start(&self.info);
+    }
+
+    fn restore(&mut self, state: &TaskState) -> crate::Result<()> {
+        self.source.restore(state)?;
+        self.keyed.restore(state)
+    }
+
+    fn feed(&mut self, m: Message) {
+        let ts = match &self.event_time {
+            Some(f) => f(&m).unwrap_or(m.timestamp),
+            None => m.timestamp,
+        };
+        self.max_ts = self.max_ts.max(ts);
+        let mut router = Router {
+            route: self.route.as_deref(),
+            me: self.info.index,
+            local: &mut self.local,
+            outgoing: &mut self.outgoing,
+            out: &mut self.out,
+        };
+        self.source.process(ts, m, &mut router);
+    }
+
+    fn ship(&mut self, send: &mut dyn FnMut(usize, Shipment)) {
+        for (target, items) in self.outgoing.iter_mut().enumerate() {
+            if !items.is_empty() {
+                send(target, Box::new(std::mem::take(items)));
+            }
+        }
+    }
+
+    fn process_local(&mut self) {
+        for (ts, item) in self.local.drain(..) {
+            self.keyed.process(ts, item, &mut self.out);
+        }
+    }
+
+    fn accept(&mut self, shipment: Shipment) {
+        match shipment.downcast::<Vec<(i64, M)>>() {
+            Ok(items) => {
+                for (ts, item) in *items {
+                    self.keyed.process(ts, item, &mut self.out);
+                }
+            }
+            // Tasks of one pipeline share one element type; anything else is a bug in the runtime.
+            Err(_) => tracing::error!(task = self.info.index, "shipment of the wrong type dropped"),
+        }
+    }
+
+    fn watermark(&mut self, watermark: i64) {
+        let mut router = Router {
+            route: self.route.as_deref(),
+            me: self.info.index,
+            local: &mut self.local,
+            outgoing: &mut self.outgoing,
+            out: &mut self.out,
+        };
+        self.source.watermark(watermark, &mut router);
+        self.process_local();
+        self.keyed.watermark(watermark, &mut self.out);
+    }
+
+    fn snapshot(&mut self) -> TaskState {
+        let mut state = TaskState::new();
+        self.source.snapshot(&mut state);
+        self.keyed.snapshot(&mut state);
+        state
+    }
+
+    fn output(&mut self) -> &mut TaskOutput {
+        &mut self.out
+    }
+
+    fn max_ts(&self) -> i64 {
+        self.max_ts
+    }
+
+    fn set_max_ts(&mut self, ts: i64) {
+        self.max_ts = ts;
+    }
+
+    fn close(&mut self) {
+        let mut router = Router {
+            route: self.route.as_deref(),
+            me: self.info.index,
+            local: &mut self.local,
+            outgoing: &mut self.outgoing,
+            out: &mut self.out,
+        };
+        self.source.close(&mut router);
+        self.process_local();
+        self.keyed.close(&mut self.out);
+    }
+
+    fn metrics(&self, into: &mut Vec<OperatorMetrics>) {
+        self.source.metrics(into);
+        self.keyed.metrics(into);
+    }
+}

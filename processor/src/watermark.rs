@@ -1,0 +1,99 @@
+//! Event-time watermarks: one per input partition (the largest event time seen, less the allowed
+//! out-of-orderness), combined as the minimum over the partitions that are not idle.
+//!
+//! A partition is idle when it has been caught up (nothing left to read) for `idle_timeout` of processing time:
+//! it then stops holding the pipeline's watermark back, so a quiet partition does not stall windows. When every
+//! partition is idle the watermark is the largest of theirs (the data that exists has all been seen). A
+//! partition that was idle and receives data is active again at once; its elements older than the watermark
+//! are late.
+//!
+//! Thread safety: one writer per partition (the task that reads it), any number of readers. A task publishes
+//! its partition's watermark (Release) only after it has handed on every element below it, and a reader loads
+//! the watermarks (Acquire) before it drains its inbox, so no element can be overtaken by the watermark that
+//! covers it.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+#[derive(Debug)]
+pub struct WatermarkBoard {
+    max_ts: Vec<AtomicI64>,
+    idle: Vec<AtomicBool>,
+    out_of_orderness: i64,
+}
+
+impl WatermarkBoard {
+    pub fn new(partitions: usize, out_of_orderness_ms: i64) -> Self {
+        WatermarkBoard {
+            max_ts: (0..partitions).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            idle: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            out_of_orderness: out_of_orderness_ms.max(0),
+        }
+    }
+
+    /// Raises partition `p`'s largest event time (never lowers it).
+    pub fn observe(&self, p: usize, max_ts: i64) {
+        if let Some(a) = self.max_ts.get(p) {
+            a.fetch_max(max_ts, Ordering::Release);
+        }
+    }
+
+    pub fn set_idle(&self, p: usize, idle: bool) {
+        if let Some(a) = self.idle.get(p) {
+            a.store(idle, Ordering::Release);
+        }
+    }
+
+    pub fn max_ts(&self, p: usize) -> i64 {
+        self.max_ts
+            .get(p)
+            .map_or(i64::MIN, |a| a.load(Ordering::Acquire))
+    }
+
+    /// The pipeline's watermark now.
+    pub fn current(&self) -> i64 {
+        let mut active_min: Option<i64> = None;
+        let mut all_max = i64::MIN;
+        for (ts, idle) in self.max_ts.iter().zip(&self.idle) {
+            let ts = ts.load(Ordering::Acquire);
+            let wm = if ts == i64::MIN {
+                i64::MIN
+            } else {
+                ts.saturating_sub(self.out_of_orderness)
+            };
+            all_max = all_max.max(wm);
+            if !idle.load(Ordering::Acquire) {
+                active_min = Some(active_min.map_or(wm, |m| m.min(wm)));
+            }
+        }
+        active_min.unwrap_or(all_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_of_active_partitions() {
+        let b = WatermarkBoard::new(3, 0);
+        assert_eq!(b.current(), i64::MIN);
+        b.observe(0, 100);
+        b.observe(1, 50);
+        assert_eq!(b.current(), i64::MIN, "partition 2 has no data and is not idle");
+        b.set_idle(2, true);
+        assert_eq!(b.current(), 50);
+        b.observe(1, 40);
+        assert_eq!(b.current(), 50, "never lowered");
+        b.set_idle(1, true);
+        assert_eq!(b.current(), 100);
+        b.set_idle(0, true);
+        assert_eq!(b.current(), 100, "all idle: the largest");
+    }
+
+    #[test]
+    fn out_of_orderness_holds_back() {
+        let b = WatermarkBoard::new(1, 30);
+        b.observe(0, 100);
+        assert_eq!(b.current(), 70);
+    }
+}
