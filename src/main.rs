@@ -1,4 +1,7 @@
-//! The millrace binary: `millrace serve` runs the broker.
+//! The millrace binary: `millrace serve` runs the broker (and the pipelines given with `--pipeline`),
+//! `millrace pipeline check` validates a pipeline file.
+
+mod pipelines;
 
 use std::path::PathBuf;
 
@@ -31,7 +34,21 @@ enum Command {
         /// TOML configuration file with Kafka setting names (e.g. `"log.retention.ms" = 3600000`).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A pipeline file to run inside the broker (repeatable); see the README's "Pipeline files".
+        #[arg(long = "pipeline", value_name = "FILE")]
+        pipelines: Vec<PathBuf>,
     },
+    /// Pipeline files.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PipelineCommand {
+    /// Validates a pipeline file and prints its plan; errors name the line.
+    Check { file: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             advertised_listener,
             data_dir,
             config,
+            pipelines,
         } => {
             let mut flags = Vec::new();
             if let Some(v) = listen {
@@ -63,13 +81,64 @@ fn main() -> anyhow::Result<()> {
             let env = std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
             let config = millrace_broker::BrokerConfig::load(config.as_deref(), env, flags)?;
+            // Pipeline files are checked before anything is opened, so a typo fails fast.
+            let jobs = pipelines
+                .iter()
+                .map(|p| millrace_processor::file::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(millrace_broker::serve(config, shutdown_signal()))?;
-            Ok(())
+            runtime.block_on(serve(config, jobs))
         }
+        Command::Pipeline {
+            command: PipelineCommand::Check { file },
+        } => match millrace_processor::file::load(&file) {
+            Ok(job) => {
+                print!("{}", job.plan());
+                println!("ok");
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        },
     }
+}
+
+/// Opens the broker, starts the pipelines over its storage, serves; on SIGTERM/SIGINT the pipelines take their
+/// final checkpoint while the broker still serves, then the broker shuts down.
+async fn serve(
+    config: millrace_broker::BrokerConfig,
+    jobs: Vec<millrace_processor::Job>,
+) -> anyhow::Result<()> {
+    let bound = millrace_broker::bind(config).await?;
+    let host: std::sync::Arc<dyn millrace_processor::Host> =
+        std::sync::Arc::new(pipelines::BrokerHost {
+            broker: bound.broker.clone(),
+        });
+    let handle = tokio::runtime::Handle::current();
+    let running = tokio::task::block_in_place(|| {
+        jobs.iter()
+            .map(|j| millrace_processor::start(j, host.clone(), handle.clone()))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    bound
+        .run(async move {
+            shutdown_signal().await;
+            let _ = tokio::task::spawn_blocking(move || {
+                for p in running {
+                    let name = p.name().to_string();
+                    if let Err(e) = p.stop() {
+                        tracing::error!(pipeline = %name, error = %e, "pipeline stopped with an error");
+                    }
+                }
+            })
+            .await;
+        })
+        .await;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

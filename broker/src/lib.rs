@@ -34,6 +34,20 @@ pub(crate) fn storage_code(
 
 /// Binds the listener, opens the data directory, prints the ready line and serves until `signal` resolves.
 pub async fn serve(config: BrokerConfig, signal: impl Future) -> Result<()> {
+    bind(config).await?.run(signal).await;
+    Ok(())
+}
+
+/// A broker whose listener is bound and whose data directory is open (recovered), not yet serving: what runs
+/// beside the broker (pipelines) starts here, before the ready line.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    bound: SocketAddr,
+    pub broker: std::sync::Arc<Broker>,
+}
+
+/// Binds the listener and opens (recovering) the data directory.
+pub async fn bind(config: BrokerConfig) -> Result<Bound> {
     let listen = config.get("listen");
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -43,13 +57,26 @@ pub async fn serve(config: BrokerConfig, signal: impl Future) -> Result<()> {
         "" => (bound.ip().to_string(), i32::from(bound.port())),
         adv => parse_host_port(adv)?,
     };
-    let broker = tokio::task::block_in_place(|| Broker::open(config, host.clone(), port))?;
-    println!(
-        "millrace listening on {bound} (advertised {host}:{port}), data in {}",
-        broker.data_dir.display()
-    );
-    server::run(listener, broker, signal, Duration::from_secs(4)).await;
-    Ok(())
+    let broker = tokio::task::block_in_place(|| Broker::open(config, host, port))?;
+    Ok(Bound {
+        listener,
+        bound,
+        broker,
+    })
+}
+
+impl Bound {
+    /// Prints the ready line and serves until `signal` resolves; then flushes and closes every log.
+    pub async fn run(self, signal: impl Future) {
+        println!(
+            "millrace listening on {} (advertised {}:{}), data in {}",
+            self.bound,
+            self.broker.advertised_host,
+            self.broker.advertised_port,
+            self.broker.data_dir.display()
+        );
+        server::run(self.listener, self.broker, signal, Duration::from_secs(4)).await;
+    }
 }
 
 fn parse_host_port(s: &str) -> Result<(String, i32)> {

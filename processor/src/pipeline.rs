@@ -291,7 +291,7 @@ impl<T: Send + 'static> Stream<T> {
         f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
     ) -> Result<Job> {
         let topic = topic.into();
-        let id = self.settings.next_id("sink", format!("sink: topic {topic}"));
+        let id = self.settings.next_id("sink", format!("topic {topic}"));
         let make = then(self.make, move || Named::new(id.clone(), Map(f.clone())));
         let keyed: Factory<OutRecord, OutRecord> = Arc::new(|| Box::new(Identity));
         Job::new(
@@ -468,7 +468,7 @@ impl<M: Send + 'static, T: Send + 'static> After<M, T> {
         f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
     ) -> Result<Job> {
         let topic = topic.into();
-        let id = self.settings.next_id("sink", format!("sink: topic {topic}"));
+        let id = self.settings.next_id("sink", format!("topic {topic}"));
         let make = then(self.make, move || Named::new(id.clone(), Map(f.clone())));
         Job::new(
             self.settings,

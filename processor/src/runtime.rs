@@ -567,7 +567,7 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     // The previous checkpoint's outputs must be durable before a checkpoint that no longer carries them is.
     for o in c.outputs.iter_mut() {
         if let Some(last) = o.unsynced.take() {
-            shared.rt.block_on(o.log.wait_durable(last + 1))?;
+            shared.rt.block_on(o.log.wait_durable(last))?;
         }
     }
 
@@ -636,7 +636,7 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     b.push(now_ms(), Some(shared.name.as_bytes()), Some(&encoded), &[]);
     let record = b.finish();
     let info = c.checkpoint_log.append_slice(&record, now_ms())?;
-    shared.rt.block_on(c.checkpoint_log.wait_durable(info.last_offset + 1))?;
+    shared.rt.block_on(c.checkpoint_log.wait_durable(info.last_offset))?;
 
     // Committed: now the outputs may be seen.
     for o in &checkpoint.outputs {
