@@ -139,9 +139,11 @@ impl From<JsonRecord> for OutRecord {
     }
 }
 
-/// The value at a dotted path of a JSON object.
+/// The value at a dotted path of a JSON object (a field whose name is the whole path wins: projections keep
+/// `a.b` as one field).
 fn lookup<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
-    path.split('.').try_fold(v, |v, part| v.get(part))
+    v.get(path)
+        .or_else(|| path.split('.').try_fold(v, |v, part| v.get(part)))
 }
 
 /// Key bytes from a JSON value: strings as their text, anything else as its JSON.
