@@ -50,6 +50,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     pub data: tempfile::TempDir,
     env: Vec<(String, String)>,
+    /// Extra arguments of `millrace serve` (e.g. `--pipeline FILE`), kept for restarts.
+    args: Vec<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -60,6 +62,11 @@ impl Broker {
 
     /// Starts a broker with extra `MILLRACE_*` settings.
     pub fn start_with_env(env: &[(&str, &str)]) -> Result<Broker> {
+        Broker::start_with(env, &[])
+    }
+
+    /// Starts a broker with extra `MILLRACE_*` settings and extra `serve` arguments.
+    pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> Result<Broker> {
         let data = tempfile::tempdir()?;
         let env: Vec<(String, String)> = env
             .iter()
@@ -70,6 +77,7 @@ impl Broker {
             addr: "127.0.0.1:0".parse()?,
             data,
             env,
+            args: args.iter().map(|a| a.to_string()).collect(),
             stderr: Default::default(),
         };
         b.launch("127.0.0.1:0")?;
@@ -88,6 +96,7 @@ impl Broker {
             .arg(listen)
             .arg("--data-dir")
             .arg(self.data.path())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
