@@ -560,7 +560,7 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
             m.merge_operators(s.operators.clone());
         }
     }
-    if !has_outputs && offsets == c.committed_offsets && !shared.stopping.load(Ordering::Acquire) {
+    if !has_outputs && offsets == c.committed_offsets {
         return Ok(());
     }
 

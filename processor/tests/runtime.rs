@@ -1,0 +1,198 @@
+//! The runtime over real storage (a LogManager in a temporary directory), without the broker: outputs are
+//! written once, a restart resumes where the last checkpoint left off, and checkpointed outputs that a crash
+//! kept from their partition are written on restart, exactly once.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use millrace_processor::checkpoint::Checkpoint;
+use millrace_processor::source::for_each_record;
+use millrace_processor::{start, Count, Host, Message, OutRecord, Pipeline, Window};
+use millrace_protocol::records::BatchBuilder;
+use millrace_storage::{Log, LogConfig, LogManager};
+
+struct TestHost {
+    logs: Arc<LogManager>,
+    next_pid: std::sync::atomic::AtomicI64,
+}
+
+impl Host for TestHost {
+    fn topic(&self, name: &str, partitions: Option<i32>) -> millrace_processor::Result<Vec<Arc<Log>>> {
+        let n = partitions.unwrap_or(1);
+        (0..n)
+            .map(|p| Ok(self.logs.open_partition(name, p, LogConfig::default())?))
+            .collect()
+    }
+    fn checkpoint_log(&self, pipeline: &str) -> millrace_processor::Result<Arc<Log>> {
+        let cfg = LogConfig {
+            max_message_bytes: 1 << 30,
+            ..LogConfig::default()
+        };
+        Ok(self
+            .logs
+            .open_partition(&format!("__pipeline.{pipeline}"), 0, cfg)?)
+    }
+    fn new_producer_id(&self) -> millrace_processor::Result<i64> {
+        Ok(self
+            .next_pid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+fn append(log: &Log, records: &[(&str, i64)]) {
+    let mut b = BatchBuilder::new(records[0].1);
+    for (k, ts) in records {
+        b.push(*ts, Some(k.as_bytes()), Some(b"v"), &[]);
+    }
+    log.append_slice(&b.finish(), 0).unwrap();
+}
+
+fn read_all(log: &Log) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut offset = log.log_start_offset();
+    loop {
+        let s = log.read(offset, 1 << 20, true).unwrap();
+        if s.records.is_empty() {
+            return out;
+        }
+        offset = for_each_record(&s.records, offset, log.partition(), |m| out.push(m)).unwrap();
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn setup() -> (tempfile::TempDir, Arc<LogManager>, Arc<TestHost>, tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = Arc::new(LogManager::open(dir.path()).unwrap());
+    let host = Arc::new(TestHost {
+        logs: logs.clone(),
+        next_pid: 1000.into(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    (dir, logs, host, rt)
+}
+
+#[test]
+fn stateless_outputs_once_across_restarts() {
+    let (_dir, _logs, host, rt) = setup();
+    let job = Pipeline::new("upper")
+        .checkpoint_interval(Duration::from_millis(50))
+        .source_with_partitions("in", Some(2))
+        .map(|m: Message| {
+            let v = m.key.as_deref().unwrap_or_default().to_ascii_uppercase();
+            OutRecord::new(m.key, Some(Bytes::from(v)), m.timestamp)
+        })
+        .sink_with_partitions("out", Some(1), |r| r)
+        .unwrap();
+    let inputs = host.topic("in", Some(2)).unwrap();
+    let out = host.topic("out", Some(1)).unwrap();
+    append(&inputs[0], &[("a", 1), ("b", 2)]);
+    append(&inputs[1], &[("c", 3)]);
+
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    wait_for("3 outputs", || out[0].log_end_offset() == 3);
+    p.stop().unwrap();
+
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    append(&inputs[1], &[("d", 4)]);
+    wait_for("4 outputs", || out[0].log_end_offset() == 4);
+    let m = p.metrics();
+    p.stop().unwrap();
+    assert!(m.checkpoints >= 1);
+    let mut values: Vec<String> = read_all(&out[0])
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    values.sort();
+    assert_eq!(values, ["A", "B", "C", "D"]);
+}
+
+#[test]
+fn checkpointed_outputs_lost_in_a_crash_are_written_on_restart_once() {
+    let (_dir, _logs, host, rt) = setup();
+    let job = Pipeline::new("counts")
+        .checkpoint_interval(Duration::from_millis(50))
+        .source_with_partitions("in", Some(1))
+        .key_by(|m: &Message| m.key.clone().unwrap_or_default())
+        .window(Window::tumbling(Duration::from_secs(10)))
+        .late_topic("late")
+        .aggregate(Count)
+        .sink_with_partitions("out", Some(1), |r| {
+            OutRecord::new(Some(r.key), Some(r.value.to_string().into()), r.window_end - 1)
+        })
+        .unwrap();
+    let input = host.topic("in", Some(1)).unwrap();
+    let out = host.topic("out", Some(1)).unwrap();
+    append(&input[0], &[("a", 1_000), ("a", 2_000), ("b", 3_000)]);
+    append(&input[0], &[("z", 50_000)]);
+
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    wait_for("2 results", || out[0].log_end_offset() == 2);
+    p.stop().unwrap();
+    let before = read_all(&out[0]);
+
+    // The newest checkpoint carries the results; make it look as if the crash came before they were appended.
+    let ckpt_log = host.checkpoint_log("counts").unwrap();
+    let mut latest = None;
+    for m in read_all(&ckpt_log) {
+        latest = Some(Checkpoint::decode(m.value.as_deref().unwrap()).unwrap());
+    }
+    let latest = latest.unwrap();
+    let committed: Vec<_> = latest.outputs.iter().filter(|o| o.topic == "out").collect();
+    assert!(!committed.is_empty(), "the results were committed with the last checkpoint");
+    out[0].truncate_to(committed[0].search_from).unwrap();
+    assert_eq!(out[0].log_end_offset(), 0);
+
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    assert_eq!(out[0].log_end_offset(), 2, "written back before the tasks start");
+    std::thread::sleep(Duration::from_millis(300));
+    p.stop().unwrap();
+    let after = read_all(&out[0]);
+    let pairs = |v: &[Message]| -> Vec<(Option<Bytes>, Option<Bytes>)> {
+        v.iter().map(|m| (m.key.clone(), m.value.clone())).collect()
+    };
+    assert_eq!(pairs(&after), pairs(&before));
+
+    // And a restart with them present writes nothing again.
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    p.stop().unwrap();
+    assert_eq!(out[0].log_end_offset(), 2);
+}
+
+#[test]
+fn a_checkpoint_for_other_partition_counts_with_state_is_refused() {
+    let (_dir, _logs, host, rt) = setup();
+    let make = |parts| {
+        Pipeline::new("resize")
+            .checkpoint_interval(Duration::from_millis(20))
+            .source_with_partitions("in", Some(parts))
+            .key_by(|m: &Message| m.key.clone().unwrap_or_default())
+            .window(Window::tumbling(Duration::from_secs(10)))
+            .late_topic("late")
+            .aggregate(Count)
+            .sink("out", |r| OutRecord::new(Some(r.key), None, r.window_end - 1))
+            .unwrap()
+    };
+    let input = host.topic("in", Some(1)).unwrap();
+    append(&input[0], &[("a", 1_000)]);
+    let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    p.stop().unwrap();
+    // The topic grows a partition: keyed state cannot follow its keys.
+    host.topic("in", Some(2)).unwrap();
+    let e = start(&make(2), host.clone(), rt.handle().clone()).err().unwrap();
+    assert!(e.to_string().contains("partitions"), "{e}");
+}
