@@ -1,14 +1,14 @@
 //! A pipeline checkpoint: what one commit makes durable, in one record of the pipeline's checkpoint log.
 //!
 //! A checkpoint holds, together: the next offset and largest event time of every input partition, every task's
-//! operator state (by operator id), and the output batches produced since the previous checkpoint, already
-//! built with the pipeline's producer id and their sequence numbers. The outputs are appended to their topics
+//! operator state (by operator id), producer id and next sequence per output partition, and the output batches
+//! produced since the previous checkpoint, already built with their task's producer id and sequence numbers. The outputs are appended to their topics
 //! only after the checkpoint is durable, so after a crash the last checkpoint says exactly which outputs belong
 //! to the state it restores: those found in their partition (by producer id and base sequence) are not written
 //! again, the others are. That is why a plain consumer, not only a read_committed one, sees every output once.
 //!
-//! Invariant: an output batch appears in exactly one checkpoint; `sequences` is the next base sequence for
-//! every output partition the pipeline has written.
+//! Invariant: an output batch appears in exactly one checkpoint; a task's `sequences` hold the next base
+//! sequence for every output partition, after the batches of this checkpoint.
 
 use bytes::Bytes;
 
@@ -25,10 +25,21 @@ pub struct InputPosition {
     pub max_ts: i64,
 }
 
+/// One task's part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskCheckpoint {
+    /// The idempotent producer id the task writes its outputs with.
+    pub producer_id: i64,
+    /// (topic, partition, next base sequence) for every output partition.
+    pub sequences: Vec<(String, i32, i32)>,
+    pub state: TaskState,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputBatch {
     pub topic: String,
     pub partition: i32,
+    pub producer_id: i64,
     /// The partition's log end before the batch was appended: a search for it after a crash starts here.
     pub search_from: i64,
     pub base_sequence: i32,
@@ -39,11 +50,9 @@ pub struct OutputBatch {
 pub struct Checkpoint {
     pub pipeline: String,
     pub id: u64,
-    pub producer_id: i64,
     pub inputs: Vec<InputPosition>,
-    pub tasks: Vec<TaskState>,
+    pub tasks: Vec<TaskCheckpoint>,
     pub outputs: Vec<OutputBatch>,
-    pub sequences: Vec<(String, i32, i32)>,
 }
 
 impl Checkpoint {
@@ -52,7 +61,6 @@ impl Checkpoint {
         w.u8(FORMAT);
         w.str(&self.pipeline);
         w.u64(self.id);
-        w.i64(self.producer_id);
         w.u32(self.inputs.len() as u32);
         for i in &self.inputs {
             w.i32(i.partition);
@@ -61,27 +69,29 @@ impl Checkpoint {
         }
         w.u32(self.tasks.len() as u32);
         for t in &self.tasks {
-            let mut ids: Vec<&String> = t.keys().collect();
+            w.i64(t.producer_id);
+            w.u32(t.sequences.len() as u32);
+            for (topic, p, seq) in &t.sequences {
+                w.str(topic);
+                w.i32(*p);
+                w.i32(*seq);
+            }
+            let mut ids: Vec<&String> = t.state.keys().collect();
             ids.sort();
             w.u32(ids.len() as u32);
             for id in ids {
                 w.str(id);
-                w.bytes(&t[id]);
+                w.bytes(&t.state[id]);
             }
         }
         w.u32(self.outputs.len() as u32);
         for o in &self.outputs {
             w.str(&o.topic);
             w.i32(o.partition);
+            w.i64(o.producer_id);
             w.i64(o.search_from);
             w.i32(o.base_sequence);
             w.bytes(&o.batch);
-        }
-        w.u32(self.sequences.len() as u32);
-        for (t, p, s) in &self.sequences {
-            w.str(t);
-            w.i32(*p);
-            w.i32(*s);
         }
         w.buf
     }
@@ -90,13 +100,10 @@ impl Checkpoint {
         let mut r = StateReader::new(data);
         let format = r.u8()?;
         if format != FORMAT {
-            return Err(Error::CorruptState(format!(
-                "checkpoint format {format}"
-            )));
+            return Err(Error::CorruptState(format!("checkpoint format {format}")));
         }
         let pipeline = r.str()?.to_string();
         let id = r.u64()?;
-        let producer_id = r.i64()?;
         let mut inputs = Vec::new();
         for _ in 0..r.count(20)? {
             inputs.push(InputPosition {
@@ -106,27 +113,33 @@ impl Checkpoint {
             });
         }
         let mut tasks = Vec::new();
-        for _ in 0..r.count(4)? {
-            let mut t = TaskState::new();
+        for _ in 0..r.count(16)? {
+            let producer_id = r.i64()?;
+            let mut sequences = Vec::new();
+            for _ in 0..r.count(12)? {
+                sequences.push((r.str()?.to_string(), r.i32()?, r.i32()?));
+            }
+            let mut state = TaskState::new();
             for _ in 0..r.count(8)? {
                 let id = r.str()?.to_string();
-                t.insert(id, r.bytes()?.to_vec());
+                state.insert(id, r.bytes()?.to_vec());
             }
-            tasks.push(t);
+            tasks.push(TaskCheckpoint {
+                producer_id,
+                sequences,
+                state,
+            });
         }
         let mut outputs = Vec::new();
         for _ in 0..r.count(24)? {
             outputs.push(OutputBatch {
                 topic: r.str()?.to_string(),
                 partition: r.i32()?,
+                producer_id: r.i64()?,
                 search_from: r.i64()?,
                 base_sequence: r.i32()?,
                 batch: Bytes::copy_from_slice(r.bytes()?),
             });
-        }
-        let mut sequences = Vec::new();
-        for _ in 0..r.count(12)? {
-            sequences.push((r.str()?.to_string(), r.i32()?, r.i32()?));
         }
         if !r.is_empty() {
             return Err(Error::CorruptState("trailing bytes".into()));
@@ -134,11 +147,9 @@ impl Checkpoint {
         Ok(Checkpoint {
             pipeline,
             id,
-            producer_id,
             inputs,
             tasks,
             outputs,
-            sequences,
         })
     }
 }
@@ -156,11 +167,9 @@ mod tests {
             let c = Checkpoint {
                 pipeline: "p".into(),
                 id,
-                producer_id: pid,
                 inputs: offs.into_iter().map(|(partition, next_offset, max_ts)| InputPosition { partition, next_offset, max_ts }).collect(),
-                tasks: states,
-                outputs: outs.into_iter().map(|(topic, partition, search_from, base_sequence, b)| OutputBatch { topic, partition, search_from, base_sequence, batch: b.into() }).collect(),
-                sequences: vec![("t".into(), 1, 2)],
+                tasks: states.into_iter().map(|state| TaskCheckpoint { producer_id: pid, sequences: vec![("t".into(), 1, 2)], state }).collect(),
+                outputs: outs.into_iter().map(|(topic, partition, search_from, base_sequence, b)| OutputBatch { topic, partition, producer_id: pid, search_from, base_sequence, batch: b.into() }).collect(),
             };
             let bytes = c.encode();
             prop_assert_eq!(Checkpoint::decode(&bytes).unwrap(), c);

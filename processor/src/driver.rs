@@ -30,6 +30,7 @@ use crate::metrics::PipelineMetrics;
 use crate::operator::{TaskInfo, TaskState};
 use crate::pipeline::Job;
 use crate::record::{Message, OutRecord};
+use crate::source::for_each_record;
 use crate::task::{OutputLayout, Shipment, TaskCore};
 use crate::watermark::WatermarkBoard;
 
@@ -138,16 +139,20 @@ impl TestDriver {
         self.collect();
     }
 
+    /// Moves every task's pending output batches into `outputs` and `late`, decoded back into records.
     fn collect(&mut self) {
         for t in &mut self.tasks {
-            let out = t.output();
-            if let Some(v) = out.slots.get_mut(0) {
-                self.outputs.append(v);
+            for (slot, out) in t.output().take().into_iter().enumerate() {
+                let into = if slot == 0 {
+                    &mut self.outputs
+                } else {
+                    &mut self.late
+                };
+                for (_, batch) in out.batches {
+                    // The driver's own batches: always well formed.
+                    let _ = for_each_record(&batch, 0, 0, |m| into.push(m.into()));
+                }
             }
-            if let Some(v) = out.slots.get_mut(1) {
-                self.late.append(v);
-            }
-            out.bytes = 0;
         }
     }
 

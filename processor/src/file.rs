@@ -100,6 +100,7 @@ struct SettingsSpec {
     checkpoint_interval_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     out_of_orderness_ms: Option<u64>,
+    checkpoint_fsync: Option<bool>,
 }
 
 /// The line (1-based) where byte `at` of `src` is.
@@ -181,12 +182,22 @@ fn compare(cmp: Cmp, got: Option<&Value>, want: &Value) -> bool {
     match cmp {
         Cmp::Exists => got.is_some_and(|v| !v.is_null()),
         Cmp::Missing => got.is_none_or(Value::is_null),
-        Cmp::Eq => got.is_some_and(|g| g == want || (g.as_f64().is_some() && g.as_f64() == want.as_f64())),
-        Cmp::Ne => !got.is_some_and(|g| g == want || (g.as_f64().is_some() && g.as_f64() == want.as_f64())),
+        Cmp::Eq => {
+            got.is_some_and(|g| g == want || (g.as_f64().is_some() && g.as_f64() == want.as_f64()))
+        }
+        Cmp::Ne => {
+            !got.is_some_and(|g| g == want || (g.as_f64().is_some() && g.as_f64() == want.as_f64()))
+        }
         Cmp::Lt => ordering() == Some(std::cmp::Ordering::Less),
-        Cmp::Le => matches!(ordering(), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)),
+        Cmp::Le => matches!(
+            ordering(),
+            Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        ),
         Cmp::Gt => ordering() == Some(std::cmp::Ordering::Greater),
-        Cmp::Ge => matches!(ordering(), Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)),
+        Cmp::Ge => matches!(
+            ordering(),
+            Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+        ),
     }
 }
 
@@ -213,9 +224,13 @@ pub fn parse(src: &str, path: &str) -> Result<Job> {
 
 fn check_partitions(cx: &Ctx, p: &Option<Spanned<i32>>) -> Result<Option<i32>> {
     match p {
-        Some(p) if *p.get_ref() <= 0 || *p.get_ref() > 100_000 => {
-            cx.err(p.span(), format!("partitions must be between 1 and 100000, got {}", p.get_ref()))
-        }
+        Some(p) if *p.get_ref() <= 0 || *p.get_ref() > 100_000 => cx.err(
+            p.span(),
+            format!(
+                "partitions must be between 1 and 100000, got {}",
+                p.get_ref()
+            ),
+        ),
         Some(p) => Ok(Some(*p.get_ref())),
         None => Ok(None),
     }
@@ -228,7 +243,10 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
-        return cx.err(spec.name.span(), "a pipeline name is 1 or more of [a-zA-Z0-9._-]");
+        return cx.err(
+            spec.name.span(),
+            "a pipeline name is 1 or more of [a-zA-Z0-9._-]",
+        );
     }
     let mut p = Pipeline::new(name);
     if let Some(ms) = spec.settings.checkpoint_interval_ms {
@@ -237,16 +255,28 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
     if let Some(ms) = spec.settings.idle_timeout_ms {
         p = p.idle_timeout(Duration::from_millis(ms));
     }
+    if let Some(f) = spec.settings.checkpoint_fsync {
+        p = p.checkpoint_fsync(f);
+    }
     if let Some(ms) = spec.settings.out_of_orderness_ms {
         p = p.out_of_orderness(Duration::from_millis(ms));
     }
     let partitions = check_partitions(cx, &spec.source.partitions)?;
-    let mut stream: Stream<Message> = p.source_with_partitions(spec.source.topic.clone(), partitions);
-    match spec.source.event_time.as_ref().map(|s| (s.get_ref().clone(), s.span())) {
+    let mut stream: Stream<Message> =
+        p.source_with_partitions(spec.source.topic.clone(), partitions);
+    match spec
+        .source
+        .event_time
+        .as_ref()
+        .map(|s| (s.get_ref().clone(), s.span()))
+    {
         None => {}
         Some((Selector::Part(p), _)) if p == "timestamp" => {}
         Some((Selector::Part(other), span)) => {
-            return cx.err(span, format!("event_time is \"timestamp\" or {{ field = \"...\" }}, not {other:?}"));
+            return cx.err(
+                span,
+                format!("event_time is \"timestamp\" or {{ field = \"...\" }}, not {other:?}"),
+            );
         }
         Some((Selector::Field { field }, _)) => {
             stream = stream.event_time(move |m: &Message| {
@@ -274,7 +304,9 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
             other => {
                 return cx.err(
                     f.op.span(),
-                    format!("unknown filter op {other:?} (eq, ne, lt, le, gt, ge, exists, missing)"),
+                    format!(
+                        "unknown filter op {other:?} (eq, ne, lt, le, gt, ge, exists, missing)"
+                    ),
                 )
             }
         };
@@ -291,7 +323,10 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
     }
     if let Some(fields) = &spec.project {
         if fields.get_ref().is_empty() {
-            return cx.err(fields.span(), "project lists the fields to keep; it is empty");
+            return cx.err(
+                fields.span(),
+                "project lists the fields to keep; it is empty",
+            );
         }
         let fields = fields.get_ref().clone();
         recs = recs.map(move |mut r: JsonRecord| {
@@ -310,12 +345,31 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
         });
     }
 
-    let key = match spec.key_by.as_ref().map(|k| (k.get_ref().clone(), k.span())) {
+    let key = match spec
+        .key_by
+        .as_ref()
+        .map(|k| (k.get_ref().clone(), k.span()))
+    {
         None => None,
-        Some((KeySpec { record_key: true, field: None }, _)) => Some(None),
-        Some((KeySpec { record_key: false, field: Some(f) }, _)) => Some(Some(f)),
+        Some((
+            KeySpec {
+                record_key: true,
+                field: None,
+            },
+            _,
+        )) => Some(None),
+        Some((
+            KeySpec {
+                record_key: false,
+                field: Some(f),
+            },
+            _,
+        )) => Some(Some(f)),
         Some((_, span)) => {
-            return cx.err(span, "[key_by] takes either record_key = true or field = \"...\"")
+            return cx.err(
+                span,
+                "[key_by] takes either record_key = true or field = \"...\"",
+            )
         }
     };
 
@@ -325,7 +379,10 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
             let sink = &spec.sink;
             let sink_parts = check_partitions(cx, &sink.partitions)?;
             if spec.late.is_some() {
-                return cx.err(sink.topic.span(), "[late] needs a [window]: only windows have late records");
+                return cx.err(
+                    sink.topic.span(),
+                    "[late] needs a [window]: only windows have late records",
+                );
             }
             let key_fn: Option<String> = key.flatten();
             return recs
@@ -363,7 +420,10 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
     let need = |v: Option<i64>, what: &str| -> Result<i64> {
         match v {
             Some(x) if x > 0 => Ok(x),
-            _ => cx.err(window.span(), format!("a {} window needs a positive {what}", ws.kind)),
+            _ => cx.err(
+                window.span(),
+                format!("a {} window needs a positive {what}", ws.kind),
+            ),
         }
     };
     let shape = match ws.kind.as_str() {
@@ -378,7 +438,10 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
             gap_ms: need(ws.gap_ms, "gap_ms")?,
         },
         other => {
-            return cx.err(window.span(), format!("unknown window type {other:?} (tumbling, hopping, session)"))
+            return cx.err(
+                window.span(),
+                format!("unknown window type {other:?} (tumbling, hopping, session)"),
+            )
         }
     };
     if let Err(e) = shape.validate() {
@@ -420,10 +483,19 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
         ("count", Some(_)) => return cx.err(aggregate.span(), "count takes no field"),
         ("sum" | "min" | "max" | "avg", Some(f)) => Some(f.clone()),
         ("sum" | "min" | "max" | "avg", None) => {
-            return cx.err(aggregate.span(), format!("{} needs the JSON field it aggregates: field = \"...\"", a.op))
+            return cx.err(
+                aggregate.span(),
+                format!(
+                    "{} needs the JSON field it aggregates: field = \"...\"",
+                    a.op
+                ),
+            )
         }
         (other, _) => {
-            return cx.err(aggregate.span(), format!("unknown aggregate op {other:?} (count, sum, min, max, avg)"))
+            return cx.err(
+                aggregate.span(),
+                format!("unknown aggregate op {other:?} (count, sum, min, max, avg)"),
+            )
         }
     };
     let op = a.op.clone();
@@ -438,11 +510,41 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
     };
     let topic = sink.topic.get_ref().clone();
     let job = match op.as_str() {
-        "count" => finish(windowed.aggregate(Count), topic, sink_parts, "count", |n: u64| Value::from(n)),
-        "sum" => finish(windowed.aggregate(Sum(number)), topic, sink_parts, "sum", Value::from),
-        "min" => finish(windowed.aggregate(Min(number)), topic, sink_parts, "min", Value::from),
-        "max" => finish(windowed.aggregate(Max(number)), topic, sink_parts, "max", Value::from),
-        _ => finish(windowed.aggregate(Avg(number)), topic, sink_parts, "avg", Value::from),
+        "count" => finish(
+            windowed.aggregate(Count),
+            topic,
+            sink_parts,
+            "count",
+            |n: u64| Value::from(n),
+        ),
+        "sum" => finish(
+            windowed.aggregate(Sum(number)),
+            topic,
+            sink_parts,
+            "sum",
+            Value::from,
+        ),
+        "min" => finish(
+            windowed.aggregate(Min(number)),
+            topic,
+            sink_parts,
+            "min",
+            Value::from,
+        ),
+        "max" => finish(
+            windowed.aggregate(Max(number)),
+            topic,
+            sink_parts,
+            "max",
+            Value::from,
+        ),
+        _ => finish(
+            windowed.aggregate(Avg(number)),
+            topic,
+            sink_parts,
+            "avg",
+            Value::from,
+        ),
     };
     job.map_err(|e| Error::File(format!("{}: {e}", cx.path)))
 }

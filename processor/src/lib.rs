@@ -53,7 +53,7 @@ pub use error::{Error, Result};
 pub use metrics::{OperatorMetrics, PipelineMetrics};
 pub use operator::{Collector, Operator, TaskInfo};
 pub use pipeline::{Job, Pipeline, TopicSpec};
-pub use record::{Message, OutRecord, WindowResult};
+pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
 pub use state::{Key, StateCodec, StateReader, StateWriter};
 pub use window::Window;

@@ -1,6 +1,7 @@
 //! The records that flow into and out of a pipeline.
 
 use bytes::Bytes;
+pub use millrace_protocol::records::Header;
 
 /// A record read from a source partition. Key, value and headers are zero-copy slices of the stored batch (or
 /// of its decompressed body).
@@ -12,7 +13,7 @@ pub struct Message {
     pub timestamp: i64,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
-    pub headers: Vec<(Bytes, Option<Bytes>)>,
+    pub headers: Vec<Header>,
 }
 
 impl Message {
@@ -36,7 +37,7 @@ pub struct OutRecord {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     pub timestamp: i64,
-    pub headers: Vec<(Bytes, Option<Bytes>)>,
+    pub headers: Vec<Header>,
 }
 
 impl OutRecord {
@@ -56,7 +57,7 @@ impl OutRecord {
             + self
                 .headers
                 .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()) + 4)
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 4)
                 .sum::<usize>()
     }
 }

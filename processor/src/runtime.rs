@@ -20,18 +20,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use millrace_protocol::records::{BatchBuilder, BatchIter};
+
 use millrace_storage::Log;
 use parking_lot::Mutex;
 
 use crate::barrier::Barrier;
-use crate::checkpoint::{Checkpoint, InputPosition, OutputBatch};
+use crate::checkpoint::{Checkpoint, InputPosition, OutputBatch, TaskCheckpoint};
 use crate::error::{Error, Result};
 use crate::metrics::PipelineMetrics;
 use crate::operator::{TaskInfo, TaskState};
 use crate::pipeline::{Job, TopicSpec};
-use crate::record::OutRecord;
 use crate::source::for_each_record;
-use crate::task::{OutputLayout, Shipment, TaskCore};
+use crate::task::{OutputLayout, Shipment, SlotOutput, TaskCore};
 use crate::watermark::WatermarkBoard;
 
 /// What the processor needs from the broker: topics (created when missing), the pipeline's checkpoint log and
@@ -49,8 +49,8 @@ pub trait Host: Send + Sync + 'static {
 const READ_BYTES: usize = 1 << 20;
 /// How long a caught-up task waits for an append before it looks at checkpoints and idleness again.
 const IDLE_POLL: Duration = Duration::from_millis(10);
-/// The largest output batch built (Kafka's default max.message.bytes, less headroom).
-const MAX_OUTPUT_BATCH: usize = 1_000_000;
+/// The least time between two checkpoints taken early because a caught-up task has output waiting.
+const MIN_CHECKPOINT_GAP_MS: i64 = 10;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -63,7 +63,6 @@ struct OutputPartition {
     topic: String,
     partition: i32,
     log: Arc<Log>,
-    next_sequence: i32,
     /// The last offset appended by the previous checkpoint, to be fsynced before the next one is written.
     unsynced: Option<i64>,
 }
@@ -74,7 +73,10 @@ struct Slot {
     state: TaskState,
     next_offset: i64,
     max_ts: i64,
-    outputs: Vec<Vec<OutRecord>>,
+    producer_id: i64,
+    /// Next sequence per output slot, after `outputs`.
+    sequences: Vec<i32>,
+    outputs: Vec<SlotOutput>,
     read: u64,
     operators: Vec<crate::metrics::OperatorMetrics>,
 }
@@ -96,6 +98,7 @@ struct Shared {
     interval_ms: i64,
     max_pending: usize,
     idle_timeout_ms: i64,
+    fsync: bool,
     rt: tokio::runtime::Handle,
 }
 
@@ -103,7 +106,6 @@ struct Shared {
 struct Committer {
     checkpoint_log: Arc<Log>,
     checkpoint_id: u64,
-    producer_id: i64,
     outputs: Vec<OutputPartition>,
     /// The first `sink_partitions` outputs are the sink topic's, the rest the late topic's.
     sink_partitions: usize,
@@ -136,7 +138,9 @@ impl RunningPipeline {
     /// Takes a final checkpoint and stops every task.
     pub fn stop(self) -> Result<()> {
         self.shared.stopping.store(true, Ordering::Release);
-        self.shared.checkpoint_requested.store(true, Ordering::Release);
+        self.shared
+            .checkpoint_requested
+            .store(true, Ordering::Release);
         for t in self.threads {
             let _ = t.join();
         }
@@ -155,7 +159,10 @@ impl RunningPipeline {
 fn topic_logs(host: &dyn Host, spec: &TopicSpec) -> Result<Vec<Arc<Log>>> {
     let logs = host.topic(&spec.name, spec.partitions)?;
     if logs.is_empty() {
-        return Err(Error::Host(format!("topic {} has no partitions", spec.name)));
+        return Err(Error::Host(format!(
+            "topic {} has no partitions",
+            spec.name
+        )));
     }
     Ok(logs)
 }
@@ -230,25 +237,32 @@ pub fn start(
         sink_partitions: sink.len(),
         late_partitions: late.len(),
     };
-    let late_name = settings.late.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+    let late_name = settings
+        .late
+        .as_ref()
+        .map(|t| t.name.clone())
+        .unwrap_or_default();
     let mut outputs: Vec<OutputPartition> = sink
         .iter()
         .enumerate()
         .map(|(p, log)| (job.sink_topic().name.clone(), p, log))
-        .chain(late.iter().enumerate().map(|(p, log)| (late_name.clone(), p, log)))
+        .chain(
+            late.iter()
+                .enumerate()
+                .map(|(p, log)| (late_name.clone(), p, log)),
+        )
         .map(|(topic, p, log)| OutputPartition {
             topic,
             partition: p as i32,
             log: log.clone(),
-            next_sequence: 0,
             unsynced: None,
         })
         .collect();
 
     let restored = latest_checkpoint(&checkpoint_log, &settings.name)?;
-    let (producer_id, checkpoint_id, positions, states) = match restored {
+    let (checkpoint_id, positions, restored_tasks) = match restored {
         Some(c) => {
-            let has_state = c.tasks.iter().any(|t| !t.is_empty());
+            let has_state = c.tasks.iter().any(|t| !t.state.is_empty());
             if c.inputs.len() != n && has_state {
                 return Err(Error::Invalid(format!(
                     "pipeline {}: source topic {} had {} partitions at the last checkpoint and has {n} now; \
@@ -268,24 +282,16 @@ pub fn start(
                         settings.name, o.topic, o.partition
                     )));
                 };
-                if !holds_batch(&out.log, o.search_from, c.producer_id, o.base_sequence)? {
+                if !holds_batch(&out.log, o.search_from, o.producer_id, o.base_sequence)? {
                     out.log.append_slice(&o.batch, now_ms())?;
                     tracing::info!(pipeline = %settings.name, topic = %o.topic, partition = o.partition,
                         sequence = o.base_sequence, "wrote a checkpointed output batch a crash had kept back");
                 }
             }
-            for (t, p, s) in &c.sequences {
-                if let Some(out) = outputs
-                    .iter_mut()
-                    .find(|x| &x.topic == t && x.partition == *p)
-                {
-                    out.next_sequence = *s;
-                }
-            }
             tracing::info!(pipeline = %settings.name, checkpoint = c.id, "restored checkpoint");
-            (c.producer_id, c.id, c.inputs, c.tasks)
+            (c.id, c.inputs, c.tasks)
         }
-        None => (host.new_producer_id()?, 0, Vec::new(), Vec::new()),
+        None => (0, Vec::new(), Vec::new()),
     };
 
     let mut tasks: Vec<Box<dyn TaskCore>> = Vec::with_capacity(n);
@@ -294,8 +300,24 @@ pub fn start(
     for (i, log) in sources.iter().enumerate() {
         let mut task = (job.make_task)(TaskInfo { index: i, tasks: n }, layout);
         task.start();
-        if let Some(state) = states.get(i) {
-            task.restore(state)?;
+        match restored_tasks.get(i) {
+            Some(t) => {
+                task.restore(&t.state)?;
+                let seqs: Vec<i32> = outputs
+                    .iter()
+                    .map(|o| {
+                        t.sequences
+                            .iter()
+                            .find(|(topic, p, _)| *topic == o.topic && *p == o.partition)
+                            .map_or(0, |x| x.2)
+                    })
+                    .collect();
+                task.output().set_producer(t.producer_id, &seqs);
+            }
+            None => {
+                let seqs = vec![0; outputs.len()];
+                task.output().set_producer(host.new_producer_id()?, &seqs);
+            }
         }
         let pos = positions.iter().find(|p| p.partition == i as i32);
         let offset = pos.map_or(log.log_start_offset(), |p| p.next_offset);
@@ -321,7 +343,6 @@ pub fn start(
         committer: Mutex::new(Committer {
             checkpoint_log,
             checkpoint_id,
-            producer_id,
             outputs: std::mem::take(&mut outputs),
             sink_partitions: layout.sink_partitions,
             committed_offsets: offsets.clone(),
@@ -335,6 +356,7 @@ pub fn start(
         interval_ms: settings.checkpoint_interval_ms,
         max_pending: settings.checkpoint_max_pending_bytes,
         idle_timeout_ms: settings.idle_timeout_ms,
+        fsync: settings.checkpoint_fsync,
         rt,
     });
 
@@ -368,7 +390,13 @@ fn fail(shared: &Shared, e: Error) {
     shared.barrier.break_it();
 }
 
-fn run_task(shared: &Shared, i: usize, mut task: Box<dyn TaskCore>, log: Arc<Log>, mut offset: i64) {
+fn run_task(
+    shared: &Shared,
+    i: usize,
+    mut task: Box<dyn TaskCore>,
+    log: Arc<Log>,
+    mut offset: i64,
+) {
     let mut last_data_ms = now_ms();
     let mut read: u64 = 0;
     loop {
@@ -405,7 +433,9 @@ fn run_task(shared: &Shared, i: usize, mut task: Box<dyn TaskCore>, log: Arc<Log
                 }
             }
             Ok(_) => {}
-            Err(millrace_storage::Error::OffsetOutOfRange { log_start, .. }) if offset < log_start => {
+            Err(millrace_storage::Error::OffsetOutOfRange { log_start, .. })
+                if offset < log_start =>
+            {
                 tracing::warn!(pipeline = %shared.name, partition = i, from = offset, to = log_start,
                     "input records were deleted by retention before the pipeline read them; skipping ahead");
                 offset = log_start;
@@ -442,8 +472,13 @@ fn run_task(shared: &Shared, i: usize, mut task: Box<dyn TaskCore>, log: Arc<Log
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .sum();
-        if now - shared.last_checkpoint_ms.load(Ordering::Relaxed) >= shared.interval_ms
+        let since = now - shared.last_checkpoint_ms.load(Ordering::Relaxed);
+        // Outputs become visible at checkpoints: commit on the interval, when enough is pending, and as soon as
+        // a caught-up task has output waiting (so a quiet pipeline does not sit on results for a whole interval).
+        let caught_up = !got_data && !had_inbox;
+        if since >= shared.interval_ms
             || pending >= shared.max_pending
+            || (caught_up && pending > 0 && since >= MIN_CHECKPOINT_GAP_MS)
         {
             shared.checkpoint_requested.store(true, Ordering::Release);
             continue;
@@ -485,15 +520,17 @@ fn checkpoint(
         let mut operators = Vec::new();
         task.metrics(&mut operators);
         let out = task.output();
-        let outputs = std::mem::take(&mut out.slots);
-        out.slots = outputs.iter().map(|_| Vec::new()).collect();
-        out.bytes = 0;
+        let outputs = out.take();
+        let producer_id = out.producer_id();
+        let sequences = out.sequences();
         shared.pending_bytes[i].store(0, Ordering::Relaxed);
         let mut slots = shared.slots.lock();
         slots[i] = Slot {
             state: task.snapshot(),
             next_offset: offset,
             max_ts: task.max_ts(),
+            producer_id,
+            sequences,
             outputs,
             read: std::mem::take(read),
             operators,
@@ -516,34 +553,12 @@ fn checkpoint(
     Ok(())
 }
 
-/// Builds the output batches for one partition's records, continuing its sequence.
-fn build_batches(
-    records: &[OutRecord],
-    producer_id: i64,
-    sequence: &mut i32,
-) -> Vec<(i32, Bytes)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < records.len() {
-        let mut b = BatchBuilder::new(records[i].timestamp).producer(producer_id, 0, *sequence);
-        let base = *sequence;
-        while i < records.len() && (b.is_empty() || b.size() + records[i].approx_size() < MAX_OUTPUT_BATCH) {
-            let r = &records[i];
-            let headers: Vec<(&[u8], Option<&[u8]>)> =
-                r.headers.iter().map(|(k, v)| (&k[..], v.as_deref())).collect();
-            b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
-            i += 1;
-        }
-        *sequence = sequence.wrapping_add(b.len() as i32) & i32::MAX;
-        out.push((base, b.finish()));
-    }
-    out
-}
-
 fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()> {
     let mut c = shared.committer.lock();
     let offsets: Vec<i64> = slots.iter().map(|s| s.next_offset).collect();
-    let has_outputs = slots.iter().any(|s| s.outputs.iter().any(|v| !v.is_empty()));
+    let has_outputs = slots
+        .iter()
+        .any(|s| s.outputs.iter().any(|v| !v.batches.is_empty()));
     let read: u64 = slots.iter().map(|s| s.read).sum();
     let watermark = shared.board.current();
     {
@@ -567,43 +582,37 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     // The previous checkpoint's outputs must be durable before a checkpoint that no longer carries them is.
     for o in c.outputs.iter_mut() {
         if let Some(last) = o.unsynced.take() {
-            shared.rt.block_on(o.log.wait_durable(last))?;
+            if shared.fsync {
+                shared.rt.block_on(o.log.wait_durable(last))?;
+            }
         }
     }
 
-    let producer_id = c.producer_id;
     let mut batches = Vec::new();
     let mut written = 0u64;
     let mut late_written = 0u64;
     let sink_partitions = c.sink_partitions;
-    for (slot_index, out) in c.outputs.iter_mut().enumerate() {
-        let mut records: Vec<OutRecord> = Vec::new();
-        for s in slots.iter_mut() {
-            if let Some(v) = s.outputs.get_mut(slot_index) {
-                if records.is_empty() {
-                    records = std::mem::take(v);
-                } else {
-                    records.append(v);
-                }
-            }
-        }
-        if records.is_empty() {
-            continue;
-        }
+    for (slot_index, out) in c.outputs.iter().enumerate() {
         let search_from = out.log.log_end_offset();
-        for (base_sequence, batch) in build_batches(&records, producer_id, &mut out.next_sequence) {
-            batches.push(OutputBatch {
-                topic: out.topic.clone(),
-                partition: out.partition,
-                search_from,
-                base_sequence,
-                batch,
-            });
-        }
-        if slot_index < sink_partitions {
-            written += records.len() as u64;
-        } else {
-            late_written += records.len() as u64;
+        for s in slots.iter_mut() {
+            let Some(slot) = s.outputs.get_mut(slot_index) else {
+                continue;
+            };
+            if slot_index < sink_partitions {
+                written += slot.records;
+            } else {
+                late_written += slot.records;
+            }
+            for (base_sequence, batch) in slot.batches.drain(..) {
+                batches.push(OutputBatch {
+                    topic: out.topic.clone(),
+                    partition: out.partition,
+                    producer_id: s.producer_id,
+                    search_from,
+                    base_sequence,
+                    batch,
+                });
+            }
         }
     }
     let state_bytes: usize = slots
@@ -613,7 +622,6 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     let checkpoint = Checkpoint {
         pipeline: shared.name.clone(),
         id: c.checkpoint_id + 1,
-        producer_id,
         inputs: slots
             .iter()
             .enumerate()
@@ -623,20 +631,31 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
                 max_ts: s.max_ts,
             })
             .collect(),
-        tasks: slots.into_iter().map(|s| s.state).collect(),
-        outputs: batches,
-        sequences: c
-            .outputs
-            .iter()
-            .map(|o| (o.topic.clone(), o.partition, o.next_sequence))
+        tasks: slots
+            .into_iter()
+            .map(|s| TaskCheckpoint {
+                producer_id: s.producer_id,
+                sequences: c
+                    .outputs
+                    .iter()
+                    .zip(&s.sequences)
+                    .map(|(o, seq)| (o.topic.clone(), o.partition, *seq))
+                    .collect(),
+                state: s.state,
+            })
             .collect(),
+        outputs: batches,
     };
     let encoded = checkpoint.encode();
     let mut b = BatchBuilder::new(now_ms());
     b.push(now_ms(), Some(shared.name.as_bytes()), Some(&encoded), &[]);
     let record = b.finish();
     let info = c.checkpoint_log.append_slice(&record, now_ms())?;
-    shared.rt.block_on(c.checkpoint_log.wait_durable(info.last_offset))?;
+    if shared.fsync {
+        shared
+            .rt
+            .block_on(c.checkpoint_log.wait_durable(info.last_offset))?;
+    }
 
     // Committed: now the outputs may be seen.
     for o in &checkpoint.outputs {

@@ -55,7 +55,7 @@ pub fn for_each_record(
                 },
                 key: rec.key,
                 value: rec.value,
-                headers: rec.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+                headers: rec.headers,
             });
         }
     }
@@ -70,7 +70,12 @@ mod tests {
     fn batch(base: i64, n: usize) -> Vec<u8> {
         let mut b = BatchBuilder::new(1000);
         for i in 0..n {
-            b.push(1000 + i as i64, Some(b"k"), Some(format!("v{i}").as_bytes()), &[]);
+            b.push(
+                1000 + i as i64,
+                Some(b"k"),
+                Some(format!("v{i}").as_bytes()),
+                &[],
+            );
         }
         let mut v = b.finish().to_vec();
         set_base_offset(&mut v, base);

@@ -124,7 +124,9 @@ impl<'a> StateReader<'a> {
     pub fn count(&mut self, min_item: usize) -> Result<usize> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item.max(1)) > self.buf.len() {
-            return Err(Error::CorruptState(format!("count {n} larger than the data")));
+            return Err(Error::CorruptState(format!(
+                "count {n} larger than the data"
+            )));
         }
         Ok(n)
     }

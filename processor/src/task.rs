@@ -5,10 +5,13 @@
 //! type-erased [`TaskCore`], so pipelines behave the same under test as in the broker.
 //!
 //! Invariants: `local` and `outgoing` are empty between calls of the driving loop (everything fed is passed on
-//! before the watermark is published); outputs stay in `out` until a checkpoint takes them.
+//! before the watermark is published); outputs stay in `out`, encoded, until a checkpoint takes them.
 
 use std::any::Any;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use millrace_protocol::records::BatchBuilder;
 
 use crate::metrics::OperatorMetrics;
 use crate::operator::{Collector, Stage, TaskInfo, TaskState};
@@ -32,12 +35,47 @@ pub struct OutputLayout {
     pub late_partitions: usize,
 }
 
-/// Pending outputs, one list per output partition (sink partitions first, then late partitions).
+/// The largest output batch built (Kafka's default max.message.bytes is 1 MiB; smaller batches keep the
+/// builders' buffers small).
+pub const MAX_OUTPUT_BATCH: usize = 256 * 1024;
+
+/// Output batches of one task for one output partition since the last checkpoint, written by the task's own
+/// idempotent producer id with consecutive sequence numbers.
+#[derive(Debug, Default)]
+pub struct SlotOutput {
+    /// Finished batches with their base sequence.
+    pub batches: Vec<(i32, Bytes)>,
+    pub records: u64,
+    building: Option<BatchBuilder>,
+    /// The base sequence of the batch being built, then of the next one.
+    next_sequence: i32,
+}
+
+fn next_sequence(seq: i32, n: usize) -> i32 {
+    ((i64::from(seq) + n as i64) % (i64::from(i32::MAX) + 1)) as i32
+}
+
+impl SlotOutput {
+    fn finish(&mut self, producer_id: i64) {
+        if let Some(b) = self.building.take() {
+            let n = b.len();
+            let base = self.next_sequence;
+            self.batches
+                .push((base, b.producer(producer_id, 0, base).finish()));
+            self.next_sequence = next_sequence(base, n);
+        }
+    }
+}
+
+/// Pending outputs, one [`SlotOutput`] per output partition (sink partitions first, then late partitions).
+/// Records are encoded into batches as they are emitted, so a pending output costs its encoded bytes and holds
+/// no reference to the input batches.
 #[derive(Debug)]
 pub struct TaskOutput {
     layout: OutputLayout,
     task: usize,
-    pub slots: Vec<Vec<OutRecord>>,
+    producer_id: i64,
+    pub slots: Vec<SlotOutput>,
     pub bytes: usize,
     pub late_dropped: u64,
 }
@@ -47,12 +85,48 @@ impl TaskOutput {
         TaskOutput {
             layout,
             task,
+            producer_id: -1,
             slots: (0..layout.sink_partitions + layout.late_partitions)
-                .map(|_| Vec::new())
+                .map(|_| SlotOutput::default())
                 .collect(),
             bytes: 0,
             late_dropped: 0,
         }
+    }
+
+    /// The producer id this task writes with and, per output slot, the next sequence number.
+    pub fn set_producer(&mut self, producer_id: i64, sequences: &[i32]) {
+        self.producer_id = producer_id;
+        for (slot, seq) in self.slots.iter_mut().zip(sequences) {
+            slot.next_sequence = *seq;
+        }
+    }
+
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
+    }
+
+    /// The next sequence number of every slot (after the batches taken so far).
+    pub fn sequences(&self) -> Vec<i32> {
+        self.slots.iter().map(|s| s.next_sequence).collect()
+    }
+
+    /// Finishes the batches being built and takes every pending batch, by slot.
+    pub fn take(&mut self) -> Vec<SlotOutput> {
+        let pid = self.producer_id;
+        self.bytes = 0;
+        self.slots
+            .iter_mut()
+            .map(|s| {
+                s.finish(pid);
+                SlotOutput {
+                    batches: std::mem::take(&mut s.batches),
+                    records: std::mem::take(&mut s.records),
+                    building: None,
+                    next_sequence: s.next_sequence,
+                }
+            })
+            .collect()
     }
 
     /// The partition for a record among `n`: Kafka's default partitioner for keyed records; a record without a
@@ -66,8 +140,31 @@ impl TaskOutput {
 
     fn push(&mut self, base: usize, n: usize, r: OutRecord) {
         let p = self.partition(&r, n);
-        self.bytes += r.approx_size();
-        self.slots[base + p].push(r);
+        let size = r.approx_size();
+        self.bytes += size;
+        let pid = self.producer_id;
+        let slot = &mut self.slots[base + p];
+        if slot
+            .building
+            .as_ref()
+            .is_some_and(|b| b.size() + size > MAX_OUTPUT_BATCH)
+        {
+            slot.finish(pid);
+        }
+        let b = slot
+            .building
+            .get_or_insert_with(|| BatchBuilder::with_capacity(r.timestamp, 16 * 1024));
+        if r.headers.is_empty() {
+            b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &[]);
+        } else {
+            let headers: Vec<(&[u8], Option<&[u8]>)> = r
+                .headers
+                .iter()
+                .map(|h| (&h.key[..], h.value.as_deref()))
+                .collect();
+            b.push(r.timestamp, r.key.as_deref(), r.value.as_deref(), &headers);
+        }
+        slot.records += 1;
     }
 }
 

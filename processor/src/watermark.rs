@@ -79,7 +79,11 @@ mod tests {
         assert_eq!(b.current(), i64::MIN);
         b.observe(0, 100);
         b.observe(1, 50);
-        assert_eq!(b.current(), i64::MIN, "partition 2 has no data and is not idle");
+        assert_eq!(
+            b.current(),
+            i64::MIN,
+            "partition 2 has no data and is not idle"
+        );
         b.set_idle(2, true);
         assert_eq!(b.current(), 50);
         b.observe(1, 40);

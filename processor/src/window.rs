@@ -41,9 +41,9 @@ impl Window {
             Window::Hopping {
                 size_ms,
                 advance_ms,
-            } if size_ms <= 0 || advance_ms <= 0 || advance_ms > size_ms => Err(
-                "a hopping window needs 0 < advance <= size".into(),
-            ),
+            } if size_ms <= 0 || advance_ms <= 0 || advance_ms > size_ms => {
+                Err("a hopping window needs 0 < advance <= size".into())
+            }
             Window::Session { gap_ms } if gap_ms <= 0 => {
                 Err("a session window needs a positive gap".into())
             }
@@ -110,7 +110,12 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert!(Window::Hopping { size_ms: 5, advance_ms: 10 }.validate().is_err());
+        assert!(Window::Hopping {
+            size_ms: 5,
+            advance_ms: 10
+        }
+        .validate()
+        .is_err());
         assert!(Window::Tumbling { size_ms: 0 }.validate().is_err());
         assert!(Window::Session { gap_ms: 1 }.validate().is_ok());
     }

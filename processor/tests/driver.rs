@@ -43,7 +43,9 @@ fn counting(window: Window) -> millrace_processor::Job {
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    v.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
 }
 
 #[test]
@@ -157,10 +159,7 @@ fn session_windows_merge_and_close_after_the_gap() {
     d.send(0, msg("c", "", 29_000));
     d.send(0, msg("c", "", 25_000));
     d.send(0, msg("z", "", 100_000));
-    assert_eq!(
-        results(&d.outputs()),
-        pairs(&[("c", "21000-34000:3")])
-    );
+    assert_eq!(results(&d.outputs()), pairs(&[("c", "21000-34000:3")]));
 }
 
 #[test]
@@ -188,7 +187,11 @@ fn watermark_is_the_minimum_over_partitions_until_one_goes_idle() {
     d.send(1, msg("b", "", 51_000));
     assert_eq!(d.watermark(), 51_000);
     d.send(0, msg("a", "", 60_000));
-    assert_eq!(d.watermark(), 51_000, "minimum over the two active partitions");
+    assert_eq!(
+        d.watermark(),
+        51_000,
+        "minimum over the two active partitions"
+    );
 }
 
 #[test]
@@ -205,7 +208,10 @@ fn key_by_routes_each_key_to_one_task() {
     }
     let out = results(&d.outputs());
     // One result per key for the first window, each counting the key's records from all three partitions.
-    let first: Vec<_> = out.iter().filter(|(_, v)| v.starts_with("0-10000")).collect();
+    let first: Vec<_> = out
+        .iter()
+        .filter(|(_, v)| v.starts_with("0-10000"))
+        .collect();
     assert_eq!(first.len(), 10, "{out:?}");
     assert!(first.iter().all(|(_, v)| v.ends_with(":3")), "{out:?}");
 }
@@ -282,7 +288,11 @@ fn aggregations() {
         })
         .aggregate(Reduce(|a: &i64, b: &i64| *a.max(b)))
         .sink("out", |r| {
-            OutRecord::new(None, Some(format!("{:?}", r.value).into()), r.window_end - 1)
+            OutRecord::new(
+                None,
+                Some(format!("{:?}", r.value).into()),
+                r.window_end - 1,
+            )
         })
         .expect("valid pipeline");
     let mut d = TestDriver::new(&job, 1);

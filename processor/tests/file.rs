@@ -8,7 +8,10 @@ fn text(b: &Option<bytes::Bytes>) -> String {
 }
 
 fn example() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipelines/clicks_per_user.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/pipelines/clicks_per_user.toml"
+    );
     std::fs::read_to_string(path).expect("the example ships with the repository")
 }
 
@@ -99,9 +102,18 @@ topic = "big_orders"
     let job = parse(src, "f.toml").expect("valid");
     let mut d = TestDriver::new(&job, 1);
     let order = |v: &str| Message::new(None, Some(v.as_bytes()), 1);
-    d.send(0, order(r#"{"customer":{"id":"c1"},"amount":150,"status":"new","ts":77}"#));
-    d.send(0, order(r#"{"customer":{"id":"c2"},"amount":50,"status":"new"}"#));
-    d.send(0, order(r#"{"customer":{"id":"c3"},"amount":500,"status":"cancelled"}"#));
+    d.send(
+        0,
+        order(r#"{"customer":{"id":"c1"},"amount":150,"status":"new","ts":77}"#),
+    );
+    d.send(
+        0,
+        order(r#"{"customer":{"id":"c2"},"amount":50,"status":"new"}"#),
+    );
+    d.send(
+        0,
+        order(r#"{"customer":{"id":"c3"},"amount":500,"status":"cancelled"}"#),
+    );
     d.send(0, order("not json"));
     let out = d.outputs();
     assert_eq!(out.len(), 1);
@@ -185,7 +197,10 @@ fn errors_name_the_line() {
     ];
     for (src, line, what) in cases {
         let err = parse(src, "p.toml").expect_err(src).to_string();
-        assert!(err.starts_with(&format!("p.toml:{line}:")), "{err:?} should point at line {line}");
+        assert!(
+            err.starts_with(&format!("p.toml:{line}:")),
+            "{err:?} should point at line {line}"
+        );
         assert!(err.contains(what), "{err:?} should mention {what:?}");
     }
 }

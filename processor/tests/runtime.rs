@@ -19,7 +19,11 @@ struct TestHost {
 }
 
 impl Host for TestHost {
-    fn topic(&self, name: &str, partitions: Option<i32>) -> millrace_processor::Result<Vec<Arc<Log>>> {
+    fn topic(
+        &self,
+        name: &str,
+        partitions: Option<i32>,
+    ) -> millrace_processor::Result<Vec<Arc<Log>>> {
         let n = partitions.unwrap_or(1);
         (0..n)
             .map(|p| Ok(self.logs.open_partition(name, p, LogConfig::default())?))
@@ -69,7 +73,12 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn setup() -> (tempfile::TempDir, Arc<LogManager>, Arc<TestHost>, tokio::runtime::Runtime) {
+fn setup() -> (
+    tempfile::TempDir,
+    Arc<LogManager>,
+    Arc<TestHost>,
+    tokio::runtime::Runtime,
+) {
     let dir = tempfile::tempdir().unwrap();
     let logs = Arc::new(LogManager::open(dir.path()).unwrap());
     let host = Arc::new(TestHost {
@@ -130,7 +139,11 @@ fn checkpointed_outputs_lost_in_a_crash_are_written_on_restart_once() {
         .late_topic("late")
         .aggregate(Count)
         .sink_with_partitions("out", Some(1), |r| {
-            OutRecord::new(Some(r.key), Some(r.value.to_string().into()), r.window_end - 1)
+            OutRecord::new(
+                Some(r.key),
+                Some(r.value.to_string().into()),
+                r.window_end - 1,
+            )
         })
         .unwrap();
     let input = host.topic("in", Some(1)).unwrap();
@@ -151,12 +164,19 @@ fn checkpointed_outputs_lost_in_a_crash_are_written_on_restart_once() {
     }
     let latest = latest.unwrap();
     let committed: Vec<_> = latest.outputs.iter().filter(|o| o.topic == "out").collect();
-    assert!(!committed.is_empty(), "the results were committed with the last checkpoint");
+    assert!(
+        !committed.is_empty(),
+        "the results were committed with the last checkpoint"
+    );
     out[0].truncate_to(committed[0].search_from).unwrap();
     assert_eq!(out[0].log_end_offset(), 0);
 
     let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
-    assert_eq!(out[0].log_end_offset(), 2, "written back before the tasks start");
+    assert_eq!(
+        out[0].log_end_offset(),
+        2,
+        "written back before the tasks start"
+    );
     std::thread::sleep(Duration::from_millis(300));
     p.stop().unwrap();
     let after = read_all(&out[0]);
@@ -183,7 +203,9 @@ fn a_checkpoint_for_other_partition_counts_with_state_is_refused() {
             .window(Window::tumbling(Duration::from_secs(10)))
             .late_topic("late")
             .aggregate(Count)
-            .sink("out", |r| OutRecord::new(Some(r.key), None, r.window_end - 1))
+            .sink("out", |r| {
+                OutRecord::new(Some(r.key), None, r.window_end - 1)
+            })
             .unwrap()
     };
     let input = host.topic("in", Some(1)).unwrap();
@@ -193,6 +215,8 @@ fn a_checkpoint_for_other_partition_counts_with_state_is_refused() {
     p.stop().unwrap();
     // The topic grows a partition: keyed state cannot follow its keys.
     host.topic("in", Some(2)).unwrap();
-    let e = start(&make(2), host.clone(), rt.handle().clone()).err().unwrap();
+    let e = start(&make(2), host.clone(), rt.handle().clone())
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("partitions"), "{e}");
 }

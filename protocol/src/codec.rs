@@ -240,11 +240,20 @@ pub fn decode_uvarint(buf: &[u8]) -> Result<(u64, usize)> {
 }
 
 pub fn put_uvarint(buf: &mut impl BufMut, mut value: u64) {
-    while value >= 0x80 {
-        buf.put_u8((value as u8) | 0x80);
-        value >>= 7;
+    if value < 0x80 {
+        buf.put_u8(value as u8);
+        return;
     }
-    buf.put_u8(value as u8);
+    // Encoded on the stack and written with one call: record encoding writes several varints per record.
+    let mut tmp = [0u8; 10];
+    let mut n = 0;
+    while value >= 0x80 {
+        tmp[n] = (value as u8) | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    tmp[n] = value as u8;
+    buf.put_slice(&tmp[..=n]);
 }
 
 pub fn put_varint(buf: &mut impl BufMut, value: i32) {

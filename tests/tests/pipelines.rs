@@ -40,7 +40,8 @@ fn read_results(bootstrap: &str, topic: &str, want: usize, within: Duration) -> 
     let c = consumer(bootstrap);
     let mut tpl = TopicPartitionList::new();
     for p in 0..3 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out: Results = BTreeMap::new();
@@ -55,8 +56,13 @@ fn read_results(bootstrap: &str, topic: &str, want: usize, within: Duration) -> 
                 let start = v["window_start"].as_i64().unwrap();
                 assert_eq!(v["window_end"].as_i64().unwrap(), start + WINDOW, "{v}");
                 let text = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
-                assert!(text.starts_with("{\"window_start\":"), "documented field order: {text}");
-                out.entry((key, start)).or_default().push(v["count"].as_u64().unwrap());
+                assert!(
+                    text.starts_with("{\"window_start\":"),
+                    "documented field order: {text}"
+                );
+                out.entry((key, start))
+                    .or_default()
+                    .push(v["count"].as_u64().unwrap());
                 n += 1;
                 quiet_since = Instant::now();
             }
@@ -111,7 +117,9 @@ fn clicks_per_user_counts_exactly_and_routes_late_records() {
                 recs.push(click(&user, ts));
             }
             if n > 0 {
-                *expected.entry((user.clone(), BASE + w * WINDOW)).or_default() += n as u64;
+                *expected
+                    .entry((user.clone(), BASE + w * WINDOW))
+                    .or_default() += n as u64;
             }
         }
     }
@@ -120,7 +128,12 @@ fn clicks_per_user_counts_exactly_and_routes_late_records() {
     produce_all(&p, "clicks", &recs);
     produce_all(&p, "clicks", &closers(BASE + 100 * WINDOW));
 
-    let got = read_results(&bootstrap, "clicks_per_user", expected.len(), Duration::from_secs(60));
+    let got = read_results(
+        &bootstrap,
+        "clicks_per_user",
+        expected.len(),
+        Duration::from_secs(60),
+    );
     let got_counts: BTreeMap<(String, i64), u64> = got
         .iter()
         .map(|(k, v)| {
@@ -138,7 +151,12 @@ fn clicks_per_user_counts_exactly_and_routes_late_records() {
     assert_eq!(seen[0].key, late.key);
     assert_eq!(seen[0].value, late.value);
     assert_eq!(seen[0].timestamp, late.timestamp);
-    let again = read_results(&bootstrap, "clicks_per_user", expected.len(), Duration::from_secs(10));
+    let again = read_results(
+        &bootstrap,
+        "clicks_per_user",
+        expected.len(),
+        Duration::from_secs(10),
+    );
     assert_eq!(again.len(), expected.len());
 }
 
@@ -146,7 +164,10 @@ fn clicks_per_user_counts_exactly_and_routes_late_records() {
 fn kill_9_under_load_gives_each_window_result_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     // Frequent checkpoints, so that the kill lands among them; no idleness (the restart pauses input).
-    let file = example_with(dir.path(), "checkpoint_interval_ms = 100\nidle_timeout_ms = 600000");
+    let file = example_with(
+        dir.path(),
+        "checkpoint_interval_ms = 100\nidle_timeout_ms = 600000",
+    );
     let file = file.display().to_string();
     let mut b = Broker::start_with(&[], &["--pipeline", &file]).unwrap();
     let bootstrap = b.bootstrap();
@@ -200,7 +221,10 @@ fn kill_9_under_load_gives_each_window_result_exactly_once() {
         assert!(Instant::now() < deadline, "no results before the kill");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!done.load(Ordering::Acquire), "the producer finished before the kill");
+    assert!(
+        !done.load(Ordering::Acquire),
+        "the producer finished before the kill"
+    );
     b.kill9().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     b.restart().unwrap();
@@ -212,7 +236,12 @@ fn kill_9_under_load_gives_each_window_result_exactly_once() {
         &closers(BASE + total * 2 + 100 * WINDOW),
     );
 
-    let got = read_results(&bootstrap, "clicks_per_user", expected.len(), Duration::from_secs(90));
+    let got = read_results(
+        &bootstrap,
+        "clicks_per_user",
+        expected.len(),
+        Duration::from_secs(90),
+    );
     let dups: Vec<_> = got.iter().filter(|(_, v)| v.len() > 1).collect();
     assert!(dups.is_empty(), "duplicated results: {dups:?}");
     let got_counts: BTreeMap<(String, i64), u64> =

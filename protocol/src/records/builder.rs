@@ -32,7 +32,13 @@ fn zigzag_len64(v: i64) -> usize {
 
 impl BatchBuilder {
     pub fn new(base_timestamp: i64) -> Self {
-        let mut buf = BytesMut::with_capacity(1024);
+        Self::with_capacity(base_timestamp, 1024)
+    }
+
+    /// A builder whose buffer holds `bytes` before it grows: callers that know the batch's size (the
+    /// processor's output batches) avoid the copies of repeated doubling.
+    pub fn with_capacity(base_timestamp: i64, bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(bytes.max(BATCH_HEADER_LEN));
         buf.put_bytes(0, BATCH_HEADER_LEN);
         BatchBuilder {
             buf,
@@ -118,6 +124,7 @@ impl BatchBuilder {
             body += bytes_len(Some(k)) + bytes_len(*v);
         }
         let b = &mut self.buf;
+        b.reserve(body + 5);
         put_varint(b, body as i32);
         b.put_i8(0);
         put_varlong(b, ts_delta);
