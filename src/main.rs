@@ -1,5 +1,7 @@
 //! The millrace binary: `millrace serve` runs the broker.
 
+mod bench;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Load-test any Kafka-compatible broker (produce, consume, end-to-end latency).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(millrace_broker::serve(config, shutdown_signal()))?;
             Ok(())
         }
+        Command::Bench(args) => bench::run(args),
     }
 }
 
