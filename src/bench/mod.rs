@@ -89,7 +89,7 @@ pub struct ProducerArgs {
     #[arg(long, default_value = "none", value_parser = parse_key_distribution)]
     pub key_distribution: KeyDistribution,
     /// Acknowledgements: 0, 1 or all (-1).
-    #[arg(long, default_value = "1", value_parser = parse_acks)]
+    #[arg(long, default_value = "1", value_parser = parse_acks, allow_hyphen_values = true)]
     pub acks: i16,
     /// Largest record batch in bytes (before compression).
     #[arg(long, default_value_t = 1_000_000)]
@@ -254,8 +254,17 @@ pub fn kafka_error(code: i16) -> String {
     format!("error code {code} {}", error_code::name(code))
 }
 
-/// Runs a `millrace bench` subcommand to completion.
+/// Runs a `millrace bench` subcommand to completion. A failure is printed as one line (with its causes) and
+/// exits with status 1, whatever `RUST_BACKTRACE` says: it is the broker's or the network's failure, not ours.
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Err(e) = run_inner(args) {
+        eprintln!("millrace bench: error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn run_inner(args: BenchArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
