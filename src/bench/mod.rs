@@ -168,8 +168,12 @@ pub struct MetadataArgs {
     /// Metadata requests to time (one at a time).
     #[arg(long, default_value_t = 200)]
     pub count: u64,
+    /// Print one JSON object with the results on stdout instead of the text summary.
     #[arg(long)]
     pub json: bool,
+    /// Accepted for symmetry with the other workloads (this one prints no progress).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
