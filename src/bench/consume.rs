@@ -19,7 +19,7 @@ use super::cluster::{self, Topic, EARLIEST, LATEST};
 use super::report::{Counters, Progress, Side, Summary};
 use super::{kafka_error, ConsumeArgs, FetchArgs, StartFrom};
 
-/// Fetch v4 is the first with record batches (magic 2) and is the oldest this crate speaks.
+/// How long the broker may hold a Fetch that finds nothing new (Fetch long poll).
 const LONG_POLL_MS: i32 = 500;
 
 pub async fn run(args: ConsumeArgs) -> Result<()> {
@@ -139,7 +139,15 @@ impl Consumer {
                 let mut conn = Connection::connect(&leader).await?;
                 conn.versions().get(fetch_request::API_KEY)?;
                 let offsets = cluster::offsets(&mut conn, &topic.name, &group, from).await?;
-                let positions = group.iter().map(|p| (*p, offsets[p])).collect();
+                let positions = group
+                    .iter()
+                    .map(|p| {
+                        offsets
+                            .get(p)
+                            .map(|o| (*p, *o))
+                            .ok_or_else(|| anyhow!("no start offset for {}/{p}", topic.name))
+                    })
+                    .collect::<Result<_>>()?;
                 lanes.push(Lane { conn, positions });
             }
         }
