@@ -1,6 +1,7 @@
 //! The millrace binary: `millrace serve` runs the broker (and the pipelines given with `--pipeline`),
-//! `millrace pipeline check` validates a pipeline file.
+//! `millrace pipeline check` validates a pipeline file, `millrace bench` load-tests any Kafka-compatible broker.
 
+mod bench;
 mod pipelines;
 
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         command: PipelineCommand,
     },
+    /// Load-test any Kafka-compatible broker (produce, consume, end-to-end latency).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Command::Bench(args) => bench::run(args),
     }
 }
 

@@ -32,13 +32,22 @@ fn zigzag_len64(v: i64) -> usize {
 
 impl BatchBuilder {
     pub fn new(base_timestamp: i64) -> Self {
-        Self::with_capacity(base_timestamp, 1024)
+        BatchBuilder::with_buffer(BytesMut::with_capacity(1024), base_timestamp)
     }
 
     /// A builder whose buffer holds `bytes` before it grows: callers that know the batch's size (the
     /// processor's output batches) avoid the copies of repeated doubling.
     pub fn with_capacity(base_timestamp: i64, bytes: usize) -> Self {
-        let mut buf = BytesMut::with_capacity(bytes.max(BATCH_HEADER_LEN));
+        BatchBuilder::with_buffer(
+            BytesMut::with_capacity(bytes.max(BATCH_HEADER_LEN)),
+            base_timestamp,
+        )
+    }
+
+    /// Like [`BatchBuilder::new`], but builds into `buf` (cleared first): a producer can recycle one buffer per
+    /// partition (see `Bytes::try_into_mut`) instead of allocating and growing a new one for every batch.
+    pub fn with_buffer(mut buf: BytesMut, base_timestamp: i64) -> Self {
+        buf.clear();
         buf.put_bytes(0, BATCH_HEADER_LEN);
         BatchBuilder {
             buf,
