@@ -99,8 +99,13 @@ struct Shared {
     max_pending: usize,
     idle_timeout_ms: i64,
     fsync: bool,
+    /// When the metrics were last logged at info level.
+    last_report_ms: AtomicI64,
     rt: tokio::runtime::Handle,
 }
+
+/// How often a running pipeline logs its metrics (at info level; every checkpoint logs at debug).
+const REPORT_INTERVAL_MS: i64 = 30_000;
 
 /// The leader's side of a checkpoint: the logs it writes.
 struct Committer {
@@ -357,6 +362,7 @@ pub fn start(
         max_pending: settings.checkpoint_max_pending_bytes,
         idle_timeout_ms: settings.idle_timeout_ms,
         fsync: settings.checkpoint_fsync,
+        last_report_ms: AtomicI64::new(now_ms()),
         rt,
     });
 
@@ -682,5 +688,25 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     m.state_bytes = state_bytes as u64;
     tracing::debug!(pipeline = %shared.name, checkpoint = checkpoint.id, bytes = record.len(),
         micros = m.last_checkpoint_micros, "checkpoint committed");
+    let now = now_ms();
+    if now - shared.last_report_ms.load(Ordering::Relaxed) >= REPORT_INTERVAL_MS {
+        shared.last_report_ms.store(now, Ordering::Relaxed);
+        let ops: Vec<String> = m
+            .operators
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} in={} out={} late={} state={}",
+                    o.id, o.records_in, o.records_out, o.late_records, o.state_entries
+                )
+            })
+            .collect();
+        tracing::info!(
+            pipeline = %shared.name, read = m.records_read, written = m.records_written,
+            late = m.late_written, watermark_lag_ms = m.watermark_lag_ms, checkpoints = m.checkpoints,
+            checkpoint_micros = m.last_checkpoint_micros, checkpoint_bytes = m.last_checkpoint_bytes,
+            state_bytes = m.state_bytes, operators = %ops.join("; "), "pipeline metrics"
+        );
+    }
     Ok(())
 }
