@@ -16,6 +16,7 @@
 //! driver.rs       TestDriver: deterministic, virtual time, no broker
 //! source.rs       decoding stored batches        partitioner.rs   Kafka's murmur2 partitioner
 //! metrics.rs      per-operator and per-pipeline figures      barrier.rs   a breakable barrier for checkpoints
+//! local.rs        a Host over a bare LogManager (tests, benchmarks)   nexmark.rs   benchmark bids and pipelines
 //! ```
 //!
 //! # Exactly once
@@ -34,7 +35,9 @@ pub mod checkpoint;
 pub mod driver;
 pub mod error;
 pub mod file;
+pub mod local;
 pub mod metrics;
+pub mod nexmark;
 pub mod operator;
 pub mod ops;
 pub mod partitioner;

@@ -8,42 +8,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use millrace_processor::checkpoint::Checkpoint;
+use millrace_processor::local::LocalHost;
 use millrace_processor::source::for_each_record;
 use millrace_processor::{start, Count, Host, Message, OutRecord, Pipeline, Window};
 use millrace_protocol::records::BatchBuilder;
 use millrace_storage::{Log, LogConfig, LogManager};
-
-struct TestHost {
-    logs: Arc<LogManager>,
-    next_pid: std::sync::atomic::AtomicI64,
-}
-
-impl Host for TestHost {
-    fn topic(
-        &self,
-        name: &str,
-        partitions: Option<i32>,
-    ) -> millrace_processor::Result<Vec<Arc<Log>>> {
-        let n = partitions.unwrap_or(1);
-        (0..n)
-            .map(|p| Ok(self.logs.open_partition(name, p, LogConfig::default())?))
-            .collect()
-    }
-    fn checkpoint_log(&self, pipeline: &str) -> millrace_processor::Result<Arc<Log>> {
-        let cfg = LogConfig {
-            max_message_bytes: 1 << 30,
-            ..LogConfig::default()
-        };
-        Ok(self
-            .logs
-            .open_partition(&format!("__pipeline.{pipeline}"), 0, cfg)?)
-    }
-    fn new_producer_id(&self) -> millrace_processor::Result<i64> {
-        Ok(self
-            .next_pid
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-    }
-}
 
 fn append(log: &Log, records: &[(&str, i64)]) {
     let mut b = BatchBuilder::new(records[0].1);
@@ -76,15 +45,12 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 fn setup() -> (
     tempfile::TempDir,
     Arc<LogManager>,
-    Arc<TestHost>,
+    Arc<LocalHost>,
     tokio::runtime::Runtime,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let logs = Arc::new(LogManager::open(dir.path()).unwrap());
-    let host = Arc::new(TestHost {
-        logs: logs.clone(),
-        next_pid: 1000.into(),
-    });
+    let host = Arc::new(LocalHost::new(logs.clone(), LogConfig::default()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -4,7 +4,8 @@
 //! - [`client`]: one connection (framing, correlation ids, pipelining, ApiVersions negotiation).
 //! - [`cluster`]: metadata, topic creation, leaders, offsets.
 //! - [`payload`]: the records sent (keys, values, timestamps) and the batches that carry them.
-//! - [`produce`], [`consume`], [`e2e`], [`metadata`]: the workloads.
+//! - [`produce`], [`consume`], [`e2e`], [`metadata`]: the workloads against a broker.
+//! - [`pipeline`]: the stream processor's throughput, in this process.
 //! - [`report`]: live progress, latency histograms and the final summary (text or `--json`).
 
 mod client;
@@ -13,6 +14,7 @@ mod consume;
 mod e2e;
 mod metadata;
 mod payload;
+mod pipeline;
 mod produce;
 mod report;
 
@@ -40,6 +42,8 @@ enum BenchCommand {
     E2e(E2eArgs),
     /// Time Metadata requests for one topic (creating it with --partitions if missing).
     Metadata(MetadataArgs),
+    /// The stream processor's throughput partition to partition, in this process (no broker needed).
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// Options every workload has.
@@ -284,6 +288,10 @@ fn run_inner(args: BenchArgs) -> Result<()> {
                 e2e::run(a).await
             }
             BenchCommand::Metadata(a) => metadata::run(a).await,
+            BenchCommand::Pipeline(a) => {
+                let rt = tokio::runtime::Handle::current();
+                tokio::task::block_in_place(|| pipeline::run(a, rt))
+            }
         }
     })
 }

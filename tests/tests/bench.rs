@@ -244,3 +244,31 @@ fn refused_requests_name_the_kafka_error() -> Result<()> {
     assert!(err.contains("10 MESSAGE_TOO_LARGE"), "{err}");
     Ok(())
 }
+
+#[test]
+fn pipeline_throughput_runs_both_pipelines_to_completion() -> Result<()> {
+    let v = bench_json(&[
+        "pipeline",
+        "--events",
+        "40000",
+        "--bidders",
+        "100",
+        "--window-ms",
+        "1000",
+    ])?;
+    assert_eq!(v["workload"], "pipeline");
+    assert_eq!(v["events"], 40_000);
+    assert!(
+        v["baseline"]["events_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{v}"
+    );
+    let pipes = v["pipelines"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pipes.len(), 2, "{v}");
+    // 3 in 4 bids pass the stateless filter (the closer at offset 40,000 too); the keyed count writes one result
+    // per (bidder, window): 100 bidders over 4 one-second windows.
+    assert_eq!(pipes[0]["name"], "stateless_map_filter");
+    assert_eq!(pipes[0]["outputs"], 30_001);
+    assert_eq!(pipes[1]["name"], "keyed_tumbling_count");
+    assert_eq!(pipes[1]["outputs"], 400);
+    Ok(())
+}

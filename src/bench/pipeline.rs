@@ -1,0 +1,252 @@
+//! `millrace bench pipeline`: the stream processor's throughput, partition to partition, in events per second
+//! and per CPU-second. Nexmark-like bids (`millrace_processor::nexmark`) are generated into one partition of a
+//! scratch data directory, then each pipeline runs over it inside this process exactly as inside the broker
+//! (one task thread per partition, storage reads and appends, exactly-once checkpoints). The baseline, measured
+//! in the same run, is decoding every record of the partition and nothing else.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, ValueEnum};
+use millrace_processor::local::LocalHost;
+use millrace_processor::source::for_each_record;
+use millrace_processor::{nexmark, Host, Job};
+use millrace_storage::{Log, LogConfig, LogManager};
+use serde_json::json;
+
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// Bids generated into the source partition.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+    /// Distinct bidders (the keys of the keyed count).
+    #[arg(long, default_value_t = 10_000)]
+    pub bidders: u64,
+    /// Tumbling window of the keyed count, in ms of event time (bids advance 100 µs each).
+    #[arg(long, default_value_t = 10_000)]
+    pub window_ms: u64,
+    /// Which pipelines to run.
+    #[arg(long, value_enum, default_value_t = Kind::Both)]
+    pub kind: Kind,
+    /// Do not fsync checkpoints (exactly-once then holds across process crashes, not machine crashes).
+    #[arg(long)]
+    pub no_fsync: bool,
+    /// Scratch directory (default: a new folder in the system's temporary directory, removed afterwards).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Print one JSON object with the results on stdout instead of the text summary.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    Stateless,
+    Keyed,
+    Both,
+}
+
+/// This process's user + system CPU time, from /proc (Linux's USER_HZ is 100 on every architecture we run on).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces), counted from field 3.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Measured {
+    name: &'static str,
+    seconds: f64,
+    cpu_seconds: f64,
+    outputs: u64,
+}
+
+fn read_only(log: &Log) -> Result<u64> {
+    let mut n = 0u64;
+    let mut offset = log.log_start_offset();
+    loop {
+        let s = log.read(offset, 1 << 20, true)?;
+        if s.records.is_empty() {
+            return Ok(n);
+        }
+        offset = for_each_record(&s.records, offset, 0, |_| n += 1)?;
+    }
+}
+
+fn run_job(
+    host: &Arc<LocalHost>,
+    rt: &tokio::runtime::Handle,
+    name: &'static str,
+    job: Job,
+    expect: u64,
+) -> Result<Measured> {
+    let sink = host.topic(&job.sink_topic().name, Some(1))?;
+    let sink = sink
+        .first()
+        .ok_or_else(|| anyhow!("no sink partition"))?
+        .clone();
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let running = millrace_processor::start(&job, host.clone(), rt.clone())?;
+    let deadline = t0 + Duration::from_secs(600);
+    while (sink.log_end_offset() as u64) < expect {
+        if Instant::now() > deadline {
+            bail!(
+                "{name}: {} of {expect} outputs after 10 minutes",
+                sink.log_end_offset()
+            );
+        }
+        if let Some(e) = running.error() {
+            bail!("{name}: the pipeline failed: {e}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let (seconds, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    running.stop()?;
+    Ok(Measured {
+        name,
+        seconds,
+        cpu_seconds: cpu,
+        outputs: sink.log_end_offset() as u64,
+    })
+}
+
+pub fn run(a: PipelineArgs, rt: tokio::runtime::Handle) -> Result<()> {
+    if a.events == 0 || a.bidders == 0 || a.window_ms == 0 {
+        bail!("--events, --bidders and --window-ms must be positive");
+    }
+    let (dir, remove) = match &a.data_dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("millrace-bench-pipeline-{}", std::process::id())),
+            true,
+        ),
+    };
+    let result = run_in(&a, &dir, rt);
+    if remove {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -> Result<()> {
+    let logs =
+        Arc::new(LogManager::open(dir).with_context(|| format!("opening {}", dir.display()))?);
+    let config = LogConfig {
+        segment_bytes: 256 << 20,
+        ..LogConfig::default()
+    };
+    let host = Arc::new(LocalHost::new(logs.clone(), config));
+    let run_id = std::process::id();
+    let source_name = format!("bids-{run_id}");
+    let source = host.topic(&source_name, Some(1))?;
+    let source = source
+        .first()
+        .ok_or_else(|| anyhow!("no source partition"))?
+        .clone();
+    let t = Instant::now();
+    nexmark::append_bids(&source, 0, a.events, a.bidders)?;
+    nexmark::append_closer(&source)?;
+    if !a.json {
+        eprintln!(
+            "generated {} bids in {:.2} s",
+            a.events,
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let read = read_only(&source)?;
+    let baseline = Measured {
+        name: "read_only",
+        seconds: t0.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds() - c0,
+        outputs: read,
+    };
+    let fsync = !a.no_fsync;
+    let mut results = vec![];
+    if a.kind != Kind::Keyed {
+        let job = nexmark::stateless_job(
+            &format!("stateless-{run_id}"),
+            &source_name,
+            &format!("stateless-out-{run_id}"),
+            fsync,
+        )?;
+        let expect = nexmark::stateless_outputs(a.events + 1);
+        results.push(run_job(&host, &rt, "stateless_map_filter", job, expect)?);
+    }
+    if a.kind != Kind::Stateless {
+        let job = nexmark::keyed_count_job(
+            &format!("keyed-{run_id}"),
+            &source_name,
+            &format!("keyed-out-{run_id}"),
+            a.window_ms,
+            fsync,
+        )?;
+        let expect = nexmark::keyed_outputs(a.events, a.bidders, a.window_ms);
+        results.push(run_job(&host, &rt, "keyed_tumbling_count", job, expect)?);
+    }
+    logs.shutdown()?;
+
+    let events = a.events as f64;
+    let rate = |m: &Measured| events / m.seconds.max(1e-9);
+    let per_cpu = |m: &Measured| {
+        if m.cpu_seconds > 0.0 {
+            events / m.cpu_seconds
+        } else {
+            f64::NAN
+        }
+    };
+    if a.json {
+        let entry = |m: &Measured| {
+            json!({
+                "name": m.name,
+                "seconds": m.seconds,
+                "events_per_s": rate(m),
+                "cpu_seconds": m.cpu_seconds,
+                "events_per_cpu_s": per_cpu(m),
+                "outputs": m.outputs,
+                "ratio_to_read_only": rate(m) / rate(&baseline),
+            })
+        };
+        let out = json!({
+            "workload": "pipeline",
+            "events": a.events,
+            "bidders": a.bidders,
+            "window_ms": a.window_ms,
+            "checkpoint_fsync": fsync,
+            "baseline": entry(&baseline),
+            "pipelines": results.iter().map(entry).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "{:<22} {:>10} {:>14} {:>18} {:>10}",
+            "pipeline", "seconds", "events/s", "events/CPU-s", "ratio"
+        );
+        for m in std::iter::once(&baseline).chain(&results) {
+            println!(
+                "{:<22} {:>10.3} {:>14.0} {:>18.0} {:>10.3}",
+                m.name,
+                m.seconds,
+                rate(m),
+                per_cpu(m),
+                rate(m) / rate(&baseline)
+            );
+        }
+        println!(
+            "ratio: events/s relative to read_only (decoding the same partition, nothing else), same run; \
+             checkpoint fsync {}",
+            if fsync { "on" } else { "off" }
+        );
+    }
+    Ok(())
+}
