@@ -155,7 +155,7 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
     let t = Instant::now();
     nexmark::append_bids(&source, 0, a.events, a.bidders)?;
     nexmark::append_closer(&source)?;
-    if !a.json {
+    if !a.quiet {
         eprintln!(
             "generated {} bids in {:.2} s",
             a.events,
