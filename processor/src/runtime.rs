@@ -93,6 +93,8 @@ struct Shared {
     pending_bytes: Vec<AtomicUsize>,
     slots: Mutex<Vec<Slot>>,
     committer: Mutex<Committer>,
+    /// Checkpoints on their way to the committer thread (taken, and so closed, by `stop`).
+    commits: Mutex<Option<std::sync::mpsc::SyncSender<CommitJob>>>,
     metrics: Mutex<PipelineMetrics>,
     error: Mutex<Option<Error>>,
     interval_ms: i64,
@@ -107,7 +109,13 @@ struct Shared {
 /// How often a running pipeline logs its metrics (at info level; every checkpoint logs at debug).
 const REPORT_INTERVAL_MS: i64 = 30_000;
 
-/// The leader's side of a checkpoint: the logs it writes.
+/// A snapshot taken by the tasks, for the committer thread to make durable.
+struct CommitJob {
+    slots: Vec<Slot>,
+    started: Instant,
+}
+
+/// The committer's side of a checkpoint: the logs it writes.
 struct Committer {
     checkpoint_log: Arc<Log>,
     checkpoint_id: u64,
@@ -123,6 +131,7 @@ struct Committer {
 pub struct RunningPipeline {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    committer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningPipeline {
@@ -140,14 +149,19 @@ impl RunningPipeline {
         self.shared.error.lock().clone()
     }
 
-    /// Takes a final checkpoint and stops every task.
-    pub fn stop(self) -> Result<()> {
+    /// Takes a final checkpoint, stops every task, waits for the commit; returns the final metrics.
+    pub fn stop(self) -> Result<PipelineMetrics> {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared
             .checkpoint_requested
             .store(true, Ordering::Release);
         for t in self.threads {
             let _ = t.join();
+        }
+        // Closing the channel lets the committer finish what is queued and end.
+        drop(self.shared.commits.lock().take());
+        if let Some(c) = self.committer {
+            let _ = c.join();
         }
         let m = self.shared.metrics.lock().clone();
         tracing::info!(
@@ -156,7 +170,7 @@ impl RunningPipeline {
         );
         match self.shared.error.lock().take() {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(m),
         }
     }
 }
@@ -334,6 +348,8 @@ pub fn start(
         tasks.push(task);
     }
 
+    // One checkpoint may be committing while the tasks snapshot the next; a third waits (backpressure).
+    let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<CommitJob>(1);
     let shared = Arc::new(Shared {
         name: settings.name.clone(),
         tasks: n,
@@ -352,6 +368,7 @@ pub fn start(
             sink_partitions: layout.sink_partitions,
             committed_offsets: offsets.clone(),
         }),
+        commits: Mutex::new(Some(commit_tx)),
         metrics: Mutex::new(PipelineMetrics {
             name: settings.name.clone(),
             watermark: i64::MIN,
@@ -385,8 +402,29 @@ pub fn start(
             .map_err(|e| Error::Host(format!("cannot start a pipeline thread: {e}")))?;
         threads.push(t);
     }
+    let committer = {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("pipe-{}-commit", settings.name))
+            .spawn(move || {
+                // Sequential: checkpoint N's outputs are appended before N+1 is written, as the invariants ask.
+                for job in commit_rx {
+                    if let Err(e) = commit(&shared, job.slots, job.started) {
+                        // The outputs this checkpoint carried are gone from memory: stop, so that a restart
+                        // replays from the previous checkpoint.
+                        fail(&shared, e);
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Host(format!("cannot start a pipeline thread: {e}")))?
+    };
     tracing::info!(pipeline = %settings.name, tasks = n, "pipeline started");
-    Ok(RunningPipeline { shared, threads })
+    Ok(RunningPipeline {
+        shared,
+        threads,
+        committer: Some(committer),
+    })
 }
 
 fn fail(shared: &Shared, e: Error) {
@@ -513,6 +551,7 @@ fn checkpoint(
     read: &mut u64,
     stopping: bool,
 ) -> std::result::Result<(), crate::barrier::Broken> {
+    let started = Instant::now();
     shared.barrier.wait()?;
     let inbox = std::mem::take(&mut *shared.inboxes[i].lock());
     for s in inbox {
@@ -543,16 +582,17 @@ fn checkpoint(
         };
     }
     if shared.barrier.wait()? {
-        let started = Instant::now();
         let slots = std::mem::take(&mut *shared.slots.lock());
-        let result = commit(shared, slots, started);
         *shared.slots.lock() = (0..shared.tasks).map(|_| Slot::default()).collect();
+        // The fsyncs and appends run on the committer thread while the tasks go on with the next epoch.
+        let sent = match &*shared.commits.lock() {
+            Some(tx) => tx.send(CommitJob { slots, started }).is_ok(),
+            None => false,
+        };
         shared.last_checkpoint_ms.store(now_ms(), Ordering::Relaxed);
         shared.checkpoint_requested.store(false, Ordering::Release);
-        if let Err(e) = result {
-            // Nothing of this checkpoint was committed, and the outputs it carried are gone from memory:
-            // stop, so that a restart replays from the previous checkpoint.
-            fail(shared, e);
+        if !sent {
+            fail(shared, Error::Stopped("the committer has stopped".into()));
         }
     }
     shared.barrier.wait()?;

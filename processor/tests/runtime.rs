@@ -83,9 +83,12 @@ fn stateless_outputs_once_across_restarts() {
     let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
     append(&inputs[1], &[("d", 4)]);
     wait_for("4 outputs", || out[0].log_end_offset() == 4);
-    let m = p.metrics();
-    p.stop().unwrap();
+    let m = p.stop().unwrap();
     assert!(m.checkpoints >= 1);
+    assert_eq!(
+        m.records_read, 1,
+        "only the new record was read after the restart"
+    );
     let mut values: Vec<String> = read_all(&out[0])
         .iter()
         .map(|m| String::from_utf8_lossy(m.value.as_deref().unwrap_or_default()).into_owned())
