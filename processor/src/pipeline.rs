@@ -238,6 +238,15 @@ macro_rules! stateless_steps {
                 $stream { settings: self.settings, make: chain, last: Some(id) $(, $field: self.$field)* }
             }
 
+            /// Writes every element to `topic` as the record `f` makes of it.
+            pub fn sink(
+                self,
+                topic: impl Into<String>,
+                f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
+            ) -> Result<Job> {
+                self.sink_with_partitions(topic, None, f)
+            }
+
             /// Gives the operator just added a stable id of your choosing (its state is found by it after a
             /// restart even if steps before it change).
             pub fn uid(mut self, uid: &str) -> Self {
@@ -285,16 +294,7 @@ impl<T: Send + 'static> Stream<T> {
         }
     }
 
-    /// Writes every element to `topic` as the record `f` makes of it.
-    pub fn sink(
-        self,
-        topic: impl Into<String>,
-        f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
-    ) -> Result<Job> {
-        self.sink_with_partitions(topic, None, f)
-    }
-
-    /// Like [`Stream::sink`], creating the topic with `partitions` partitions if it is missing.
+    /// Like `sink`, creating the topic with `partitions` partitions if it is missing.
     pub fn sink_with_partitions(
         mut self,
         topic: impl Into<String>,
@@ -468,16 +468,7 @@ pub struct After<M, T> {
 stateless_steps!(After [M] [source, route]);
 
 impl<M: Send + 'static, T: Send + 'static> After<M, T> {
-    /// Writes every element to `topic` as the record `f` makes of it.
-    pub fn sink(
-        self,
-        topic: impl Into<String>,
-        f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
-    ) -> Result<Job> {
-        self.sink_with_partitions(topic, None, f)
-    }
-
-    /// Like [`After::sink`], creating the topic with `partitions` partitions if it is missing.
+    /// Like `sink`, creating the topic with `partitions` partitions if it is missing.
     pub fn sink_with_partitions(
         mut self,
         topic: impl Into<String>,

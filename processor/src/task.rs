@@ -265,6 +265,23 @@ impl<M: Send + 'static> Task<M> {
     }
 }
 
+impl<M: Send + 'static> Task<M> {
+    /// Runs `f` on the source-side stage with a router over this task's queues.
+    fn with_source(
+        &mut self,
+        f: impl FnOnce(&mut dyn Stage<Message, Out = M>, &mut Router<'_, M>),
+    ) {
+        let mut router = Router {
+            route: self.route.as_deref(),
+            me: self.info.index,
+            local: &mut self.local,
+            outgoing: &mut self.outgoing,
+            out: &mut self.out,
+        };
+        f(&mut *self.source, &mut router);
+    }
+}
+
 impl<M: Send + 'static> TaskCore for Task<M> {
     fn start(&mut self) {
         self.source.start(&self.info);
@@ -282,14 +299,7 @@ impl<M: Send + 'static> TaskCore for Task<M> {
             None => m.timestamp,
         };
         self.max_ts = self.max_ts.max(ts);
-        let mut router = Router {
-            route: self.route.as_deref(),
-            me: self.info.index,
-            local: &mut self.local,
-            outgoing: &mut self.outgoing,
-            out: &mut self.out,
-        };
-        self.source.process(ts, m, &mut router);
+        self.with_source(|source, router| source.process(ts, m, router));
     }
 
     fn ship(&mut self, send: &mut dyn FnMut(usize, Shipment)) {
@@ -319,14 +329,7 @@ impl<M: Send + 'static> TaskCore for Task<M> {
     }
 
     fn watermark(&mut self, watermark: i64) {
-        let mut router = Router {
-            route: self.route.as_deref(),
-            me: self.info.index,
-            local: &mut self.local,
-            outgoing: &mut self.outgoing,
-            out: &mut self.out,
-        };
-        self.source.watermark(watermark, &mut router);
+        self.with_source(|source, router| source.watermark(watermark, router));
         self.process_local();
         self.keyed.watermark(watermark, &mut self.out);
     }
@@ -351,14 +354,7 @@ impl<M: Send + 'static> TaskCore for Task<M> {
     }
 
     fn close(&mut self) {
-        let mut router = Router {
-            route: self.route.as_deref(),
-            me: self.info.index,
-            local: &mut self.local,
-            outgoing: &mut self.outgoing,
-            out: &mut self.out,
-        };
-        self.source.close(&mut router);
+        self.with_source(|source, router| source.close(router));
         self.process_local();
         self.keyed.close(&mut self.out);
     }
