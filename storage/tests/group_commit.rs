@@ -97,7 +97,11 @@ async fn rolled_segments_become_durable_in_the_background() {
             .unwrap_or(-1)
     };
     while point() < sealed_end {
-        assert!(std::time::Instant::now() < deadline, "checkpoint at {}", point());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint at {}",
+            point()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     assert_eq!(point(), sealed_end);
