@@ -88,11 +88,20 @@ async fn rolled_segments_become_durable_in_the_background() {
     }
     log.wait_durable(sealed_end - 1).await.unwrap();
     assert_eq!(log.fsync_count(), 0);
-    // The recovery checkpoint followed.
-    let point: i64 = std::fs::read_to_string(dir.path().join("recovery-point-checkpoint"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(point, sealed_end);
+    // The recovery checkpoint followed (the sealer writes it just after it advances the durable offset).
+    let point = || -> Option<i64> {
+        std::fs::read_to_string(dir.path().join("recovery-point-checkpoint"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    while point() != Some(sealed_end) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint {:?}",
+            point()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
