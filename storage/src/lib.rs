@@ -22,7 +22,9 @@
 //! ```
 //!
 //! On disk: `<data_dir>/<topic>-<partition>/00000000000000000000.{log,index,timeindex}` and so on (see
-//! [`names`]).
+//! [`names`]). A partition keeps one file descriptor open, its active segment's `.log`: sealed segments and all
+//! indexes are reached through their mappings alone and reopened by path for the rare operation that needs the
+//! file (see [`segment`], [`index`]).
 //!
 //! # API (what the broker and the processor call)
 //!
