@@ -146,6 +146,21 @@ impl Segment {
         config: &LogConfig,
         now_ms: i64,
     ) -> Result<Segment> {
+        let seg = Segment::create_unsynced(dir, base_offset, capacity, config, now_ms)?;
+        // The new file's name must survive a crash before anything acknowledged lands in it.
+        sync_dir(dir)?;
+        Ok(seg)
+    }
+
+    /// [`Segment::create`] without the fsync of `dir`: the caller makes the new files' names durable before
+    /// anything acknowledged lands in them (a new partition's folder, fsynced once with its siblings').
+    pub fn create_unsynced(
+        dir: &Path,
+        base_offset: i64,
+        capacity: usize,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<Segment> {
         let (log, idx, tidx) = paths(dir, base_offset);
         let file = OpenOptions::new()
             .read(true)
@@ -171,8 +186,6 @@ impl Segment {
             created_ms: now_ms,
             sealed: false,
         };
-        // The new file's name must survive a crash before anything acknowledged lands in it.
-        sync_dir(dir)?;
         Ok(seg)
     }
 
