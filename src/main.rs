@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             let env = std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
             let config = millrace_broker::BrokerConfig::load(config.as_deref(), env, flags)?;
+            raise_open_file_limit();
             // Pipeline files are checked before anything is opened, so a typo fails fast.
             let jobs = pipelines
                 .iter()
@@ -108,6 +109,44 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// Below this many partitions' worth of open files the broker warns at start (Kafka's docs ask operators for
+/// 100,000 or more; 10,000 partitions is what one node is benchmarked with).
+const FEW_PARTITIONS: u64 = 10_000;
+
+/// Raises the soft limit on open files to the hard limit, as Kafka's docs tell operators to do and as e.g.
+/// Redpanda does itself: a partition keeps one file open, so the limit is how many partitions the broker can
+/// hold. Never fails: a limit that cannot be raised is logged and the broker runs within it.
+fn raise_open_file_limit() {
+    let before = rlimit::Resource::NOFILE.get().ok();
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            match before {
+                Some((soft, _)) => soft,
+                None => return,
+            }
+        }
+    };
+    let hard = before.map(|(_, hard)| hard);
+    let partitions = soft.saturating_sub(millrace_broker::descriptors::RESERVED)
+        / millrace_broker::descriptors::PER_PARTITION;
+    tracing::info!(
+        soft,
+        hard,
+        raised_from = before.map(|(s, _)| s).filter(|&s| s != soft),
+        partitions,
+        "open-file limit (RLIMIT_NOFILE)"
+    );
+    if partitions < FEW_PARTITIONS {
+        tracing::warn!(
+            limit = soft,
+            "the open-file limit allows about {partitions} partitions on this broker; raise the hard limit \
+             (ulimit -Hn, LimitNOFILE=) for more"
+        );
     }
 }
 

@@ -4,10 +4,12 @@
 //! - [`connection`]: frames in, responses out in request order, with pipelining.
 //! - [`handlers`]: one file per API; Kafka error codes are chosen there.
 //! - [`state`]: the shared [`Broker`]: settings ([`config`]), the topic registry ([`topics`]) over storage.
+//! - [`descriptors`]: the open-file budget that CreateTopics checks (a partition keeps one file open).
 //! - [`producers`]: InitProducerId and idempotent-producer bookkeeping that is not per partition.
 
 pub mod config;
 pub mod connection;
+pub mod descriptors;
 pub mod error;
 pub mod groups;
 pub mod handlers;

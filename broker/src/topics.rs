@@ -4,6 +4,12 @@
 //! Invariants: a name maps to at most one [`Topic`]; `by_id` holds exactly the ids of the topics in `by_name`; a
 //! `Topic` is immutable once published, and changes (partitions added, settings altered) publish a new `Arc`.
 //! All changes are serialized by `write_lock` so that the file and the maps move together.
+//!
+//! Creating a topic (or adding partitions) is all or none: the partitions are created together (see
+//! `LogManager::create_partitions`: durable before the registry names them, removed again if any one fails), and
+//! if the registry then cannot be written they are removed too, so a failed CreateTopics leaves no folder, no
+//! open file and no entry behind. A request for more partitions than there are free file descriptors is refused
+//! up front (see [`crate::descriptors`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -272,7 +278,7 @@ impl Topics {
         for (k, v) in configs {
             validate_topic_setting(k, v)?;
         }
-        Ok(())
+        crate::descriptors::check_room(partitions)
     }
 
     pub fn create(
@@ -284,13 +290,12 @@ impl Topics {
     ) -> Result<Arc<Topic>> {
         let _guard = self.write_lock.lock();
         self.check_create(name, partitions, &configs)?;
-        let mut logs = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            logs.push(
-                self.logs
-                    .create_partition(name, p, log_config(config, &configs))?,
-            );
-        }
+        let logs = self
+            .logs
+            .create_partitions(name, 0..partitions, log_config(config, &configs))
+            .inspect_err(|e| {
+                tracing::warn!(topic = name, partitions, error = %e, "creating a topic failed; nothing was kept")
+            })?;
         let mut id = random_uuid();
         while self.by_id.contains_key(&id) {
             id = random_uuid();
@@ -304,7 +309,16 @@ impl Topics {
         });
         self.by_id.insert(id, name.to_string());
         self.by_name.insert(name.to_string(), topic.clone());
-        self.persist(config)?;
+        if let Err(e) = self.persist(config) {
+            // Forget the topic again. (Should the new file have been renamed into place before the error, a
+            // restart finds the topic named and recreates its partitions empty, which is all they were.)
+            self.by_name.remove(name);
+            self.by_id.remove(&id);
+            drop(topic);
+            self.remove_new_partitions(name, 0..partitions);
+            tracing::warn!(topic = name, error = %e, "writing the registry failed; the topic was not created");
+            return Err(e);
+        }
         tracing::info!(topic = name, partitions, "created topic");
         Ok(topic)
     }
@@ -345,17 +359,16 @@ impl Topics {
                 "{total} partitions is more than this broker allows"
             )));
         }
+        crate::descriptors::check_room(total - current)?;
         if validate_only {
             return Ok(());
         }
         let mut partitions = old.partitions.clone();
-        for p in current..total {
-            partitions.push(self.logs.create_partition(
-                name,
-                p,
-                log_config(config, &old.configs),
-            )?);
-        }
+        partitions.extend(self.logs.create_partitions(
+            name,
+            current..total,
+            log_config(config, &old.configs),
+        )?);
         self.publish(Topic {
             name: old.name.clone(),
             id: old.id,
@@ -363,7 +376,22 @@ impl Topics {
             configs: old.configs.clone(),
             internal: old.internal,
         });
-        self.persist(config)
+        if let Err(e) = self.persist(config) {
+            self.by_name.insert(old.name.clone(), old);
+            self.remove_new_partitions(name, current..total);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Undoes a creation whose registry write failed (best effort: leftovers are removed by the next creation of
+    /// the same partitions anyway).
+    fn remove_new_partitions(&self, name: &str, partitions: std::ops::Range<i32>) {
+        for p in partitions {
+            if let Err(e) = self.logs.remove_partition(name, p) {
+                tracing::warn!(topic = name, partition = p, error = %e, "could not remove a partition");
+            }
+        }
     }
 
     /// Replaces a topic's overrides (after validation) and applies them to its logs.
@@ -454,6 +482,87 @@ mod tests {
         for bad in ["", ".", "..", "a b", "x/y", &"a".repeat(250)] {
             assert!(validate_topic_name(bad).is_err(), "{bad}");
         }
+    }
+
+    fn open(dir: &Path) -> (Topics, BrokerConfig) {
+        let config = BrokerConfig::load(None, Vec::new(), Vec::new()).unwrap();
+        let logs = Arc::new(LogManager::open(dir).unwrap());
+        (Topics::open(dir, logs, &config).unwrap(), config)
+    }
+
+    fn folders(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != META_FILE)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_creation_that_fails_part_way_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topics, config) = open(dir.path());
+        // Partition 4's folder cannot be made: a file has its name.
+        std::fs::write(dir.path().join("t-4"), b"in the way").unwrap();
+        let err = topics
+            .create(&config, "t", 10, BTreeMap::new())
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            millrace_protocol::error_code::KAFKA_STORAGE_ERROR
+        );
+        assert!(topics.get("t").is_none());
+        assert_eq!(folders(dir.path()), ["t-4"]);
+        for p in 0..10 {
+            assert!(topics.logs.get("t", p).is_none());
+        }
+        // The registry never named it, and the same creation works once the obstacle is gone.
+        drop(topics);
+        std::fs::remove_file(dir.path().join("t-4")).unwrap();
+        let (topics, config) = open(dir.path());
+        assert!(topics.get("t").is_none());
+        assert_eq!(
+            topics
+                .create(&config, "t", 10, BTreeMap::new())
+                .unwrap()
+                .partitions
+                .len(),
+            10
+        );
+        // Adding partitions is all or none too.
+        std::fs::write(dir.path().join("t-12"), b"in the way").unwrap();
+        assert!(topics.add_partitions(&config, "t", 15, false).is_err());
+        assert_eq!(topics.get("t").unwrap().partitions.len(), 10);
+        assert!(topics.logs.get("t", 10).is_none());
+        assert!(!dir.path().join("t-10").exists());
+        std::fs::remove_file(dir.path().join("t-12")).unwrap();
+        topics.add_partitions(&config, "t", 15, false).unwrap();
+        assert_eq!(folders(dir.path()).len(), 15);
+    }
+
+    #[test]
+    fn more_partitions_than_free_descriptors_are_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topics, config) = open(dir.path());
+        let (limit, _) = crate::descriptors::usage().unwrap();
+        let too_many = i32::try_from(limit).unwrap_or(i32::MAX).min(99_999);
+        for err in [
+            topics
+                .check_create("big", too_many, &BTreeMap::new())
+                .unwrap_err(),
+            topics
+                .create(&config, "big", too_many, BTreeMap::new())
+                .unwrap_err(),
+        ] {
+            assert_eq!(
+                err.code(),
+                millrace_protocol::error_code::INVALID_PARTITIONS
+            );
+            assert!(err.to_string().contains("open-file limit"), "{err}");
+        }
+        assert!(folders(dir.path()).is_empty());
     }
 
     #[test]

@@ -12,9 +12,14 @@
 //! lookup whose entry does not land on the batch it names falls back to a scan (see `Segment::find`), so a
 //! damaged index can slow a read down but never send it to the wrong bytes.
 //!
+//! No file descriptor is kept: a mapping stays valid after its file is closed (it holds the inode itself), so an
+//! index holds only its path and its mapping, and reopens the file for the one rare operation that needs it
+//! (cutting the preallocated tail at seal, see [`OffsetIndex::finish`]). That keeps a partition at one open
+//! file (its active `.log`), which is what lets a node hold tens of thousands of partitions.
+//!
 //! Not thread-safe by itself: the owning segment is reached through the log's lock.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -25,7 +30,6 @@ use crate::mmap::map_index;
 #[derive(Debug)]
 struct Mapped<const ENTRY: usize> {
     path: PathBuf,
-    file: File,
     map: MmapMut,
     entries: usize,
 }
@@ -45,7 +49,6 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
         let map = map_index(&file)?;
         Ok(Mapped {
             path: path.to_path_buf(),
-            file,
             map,
             entries: 0,
         })
@@ -66,7 +69,6 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
         let map = map_index(&file)?;
         Ok(Some(Mapped {
             path: path.to_path_buf(),
-            file,
             map,
             entries: len / ENTRY,
         }))
@@ -110,12 +112,21 @@ impl<const ENTRY: usize> Mapped<ENTRY> {
     }
 
     /// Cuts the preallocated tail so the file holds exactly its entries, and remaps it at its new size (no
-    /// mapping ever outlives the bytes it shows). Called when the segment is sealed; cheap: no fsync.
+    /// mapping ever outlives the bytes it shows). Called when the segment is sealed; cheap: one open, no fsync.
+    ///
+    /// An index file that is gone (its folder removed under a live log) keeps its current mapping, which still
+    /// holds the unlinked inode: nothing will ever open that file again, and an index is rebuilt from the log
+    /// whenever it is missing.
     fn finish(&mut self) -> Result<()> {
         let len = (self.entries * ENTRY) as u64;
         if self.map.len() as u64 != len {
-            self.file.set_len(len)?;
-            self.map = map_index(&self.file)?;
+            let file = match OpenOptions::new().read(true).write(true).open(&self.path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            file.set_len(len)?;
+            self.map = map_index(&file)?;
         }
         Ok(())
     }
@@ -348,6 +359,29 @@ mod tests {
         padded.extend_from_slice(&[0; 64]);
         std::fs::write(&path, &padded).unwrap();
         assert!(OffsetIndex::open_sealed(&path, 2000).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_index_keeps_no_file_open_and_finishes_through_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.index");
+        let mut idx = OffsetIndex::create(&path, 800).unwrap();
+        idx.push(0, 0);
+        // The mapping outlives the file's descriptor (closed in `create`) and even its name.
+        let moved = dir.path().join("moved.index");
+        std::fs::rename(&path, &moved).unwrap();
+        idx.push(10, 1000);
+        assert_eq!(idx.lookup(12), Some((10, 1000)));
+        std::fs::rename(&moved, &path).unwrap();
+        idx.finish().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16);
+        assert_eq!(idx.last(), Some((10, 1000)));
+        // A file removed under a live index: finishing keeps the old mapping (an index is rebuilt when missing).
+        let mut gone = TimeIndex::create(&dir.path().join("b.timeindex"), 120).unwrap();
+        gone.maybe_push(5, 0);
+        std::fs::remove_file(dir.path().join("b.timeindex")).unwrap();
+        gone.finish().unwrap();
+        assert_eq!(gone.last(), Some((5, 0)));
     }
 
     #[test]

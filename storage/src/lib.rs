@@ -22,7 +22,9 @@
 //! ```
 //!
 //! On disk: `<data_dir>/<topic>-<partition>/00000000000000000000.{log,index,timeindex}` and so on (see
-//! [`names`]).
+//! [`names`]). A partition keeps one file descriptor open, its active segment's `.log`: sealed segments and all
+//! indexes are reached through their mappings alone and reopened by path for the rare operation that needs the
+//! file (see [`segment`], [`index`]).
 //!
 //! # API (what the broker and the processor call)
 //!
@@ -30,8 +32,9 @@
 //! LogManager::open(dir) -> Result<LogManager>
 //!   .open_all(|topic, partition| Option<LogConfig>) -> Result<Vec<Arc<Log>>>   recover every folder, in parallel
 //!   .open_partition(topic, partition, LogConfig) / .create_partition(..) -> Result<Arc<Log>>
+//!   .create_partitions(topic, range, LogConfig) -> Result<Vec<Arc<Log>>>   all or none, ~one journal commit
 //!   .get(topic, partition) -> Option<Arc<Log>>      .all() -> Vec<Arc<Log>>
-//!   .remove_topic(topic, partitions) -> Result<()>
+//!   .remove_topic(topic, partitions) / .remove_partition(topic, partition) -> Result<()>
 //!   .spawn_maintenance(&Arc<Self>, retention_check_interval) -> JoinHandle<()>   retention + flush.ms
 //!   .shutdown() -> Result<()>                       flush, seal, snapshot, clean marker
 //!

@@ -13,6 +13,11 @@
 //!   write lock (reads through `&` under its read lock); the one truncation (cutting the preallocated tail at
 //!   seal) happens through `&mut` and replaces the mapping before anything reads it again.
 //!
+//! A mapping does not need its file to stay open: it holds the inode itself (`mmap(2)`: closing the descriptor
+//! does not unmap), so the crate closes descriptors as soon as it can (only an active segment's `.log` stays
+//! open) and a mapping outlives them. The rule above is what soundness rests on, whichever descriptor (kept or
+//! reopened by path) a write, a truncation or an fsync goes through.
+//!
 //! Why appends use `pwrite` rather than writing through a writable mapping: a full disk then surfaces as an
 //! `io::Error` from `pwrite`, where a store into a mapped page past the end of the file, or of a sparse file,
 //! would raise SIGBUS; and a failed `pwrite` publishes nothing.
@@ -85,6 +90,7 @@ impl AsRef<[u8]> for Window {
 /// A writable mapping of a whole index file.
 pub fn map_index(file: &File) -> Result<MmapMut> {
     // SAFETY: index files are private to their segment, reached only through `&mut` under the log's write lock
-    // (reads through `&` under its read lock) and never truncated while mapped (see the module rule).
+    // (reads through `&` under its read lock) and never truncated while mapped (see the module rule). The
+    // mapping stays valid after `file` is closed.
     Ok(unsafe { MmapMut::map_mut(file)? })
 }

@@ -14,6 +14,11 @@
 //! - Once sealed (at roll, close, or when opened as an older segment) nothing in the segment changes. Sealing
 //!   is split: [`Segment::finish`] (cut the indexes to size, under the log's lock, cheap) and the fsync of the
 //!   files (by the log's background sealer, or at once by [`Segment::seal`]).
+//! - Only an unsealed segment keeps its `.log` file open (appends `pwrite` to it, fsyncs go through it); a
+//!   sealed one, like every index, keeps no file descriptor at all: its reads go through the mapping, which stays
+//!   valid after the file is closed (it holds the inode), and the rare operations that need the file (an fsync of
+//!   a just-rolled segment before its background seal is done, see [`Segment::data_file`]) reopen it by path. So
+//!   a partition costs one descriptor, however many segments it has.
 //!
 //! Not thread-safe by itself: the owning [`crate::Log`] serializes writers and readers with its lock. `Bytes`
 //! handed out by [`Segment::read`] stay valid after the lock is released and even after the segment is deleted.
@@ -43,7 +48,8 @@ pub const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 pub struct Segment {
     base_offset: i64,
     log_path: PathBuf,
-    file: Arc<File>,
+    /// The open `.log` file while the segment takes appends (`Some` exactly when not `sealed`).
+    file: Option<Arc<File>>,
     map: LogMap,
     /// Bytes the mapping covers; an append must fit below it.
     capacity: usize,
@@ -75,24 +81,39 @@ pub struct Recovered {
 /// The files of a finished segment, to fsync (possibly on another thread, while the log goes on).
 #[derive(Debug, Clone)]
 pub struct SealFiles {
-    data: Arc<File>,
-    indexes: [PathBuf; 2],
+    /// The segment's `.log` file as it was open for appends (the last descriptor of it: it closes when the fsync
+    /// is done); `None` when the segment was sealed already, and the file is reopened by path.
+    data: Option<Arc<File>>,
+    /// `.log`, `.index`, `.timeindex`.
+    paths: [PathBuf; 3],
 }
 
 impl SealFiles {
     /// fsyncs the data and both indexes (the mapped index pages are in the page cache, so an fsync of the file
-    /// writes them). An index already deleted (retention got there first) is skipped.
+    /// writes them, whichever descriptor it goes through). A file already deleted (retention got there first) is
+    /// skipped.
     pub fn sync(&self) -> Result<()> {
-        self.data.sync_all()?;
-        for path in &self.indexes {
-            match File::open(path) {
-                Ok(f) => f.sync_all()?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+        let [log, indexes @ ..] = &self.paths;
+        match &self.data {
+            Some(f) => f.sync_all()?,
+            None => sync_path(log)?,
+        }
+        for path in indexes {
+            sync_path(path)?;
         }
         Ok(())
     }
+}
+
+/// fsyncs the file at `path` through a fresh read-only descriptor (Linux fsyncs the inode, whatever the mode),
+/// or does nothing if it is gone.
+fn sync_path(path: &Path) -> Result<()> {
+    match File::open(path) {
+        Ok(f) => f.sync_all()?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 /// What an append brings, for [`Segment::should_roll`].
@@ -125,6 +146,21 @@ impl Segment {
         config: &LogConfig,
         now_ms: i64,
     ) -> Result<Segment> {
+        let seg = Segment::create_unsynced(dir, base_offset, capacity, config, now_ms)?;
+        // The new file's name must survive a crash before anything acknowledged lands in it.
+        sync_dir(dir)?;
+        Ok(seg)
+    }
+
+    /// [`Segment::create`] without the fsync of `dir`: the caller makes the new files' names durable before
+    /// anything acknowledged lands in them (a new partition's folder, fsynced once with its siblings').
+    pub fn create_unsynced(
+        dir: &Path,
+        base_offset: i64,
+        capacity: usize,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> Result<Segment> {
         let (log, idx, tidx) = paths(dir, base_offset);
         let file = OpenOptions::new()
             .read(true)
@@ -136,7 +172,7 @@ impl Segment {
         let seg = Segment {
             base_offset,
             log_path: log,
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             map,
             capacity,
             size: 0,
@@ -150,8 +186,6 @@ impl Segment {
             created_ms: now_ms,
             sealed: false,
         };
-        // The new file's name must survive a crash before anything acknowledged lands in it.
-        sync_dir(dir)?;
         Ok(seg)
     }
 
@@ -184,7 +218,7 @@ impl Segment {
         let mut seg = Segment {
             base_offset,
             log_path: log,
-            file: Arc::new(file),
+            file: None,
             map: map.clone(),
             capacity,
             size: 0,
@@ -220,9 +254,11 @@ impl Segment {
                 cut: true,
             };
             // Cut the torn or corrupt tail durably: those bytes were never published.
-            seg.file.set_len(pos as u64)?;
-            seg.file.sync_all()?;
+            file.set_len(pos as u64)?;
+            file.sync_all()?;
         }
+        // Unsealed until here, so it holds its file; sealing an older segment closes it again.
+        seg.file = Some(Arc::new(file));
         if !active {
             seg.seal()?;
         }
@@ -232,10 +268,11 @@ impl Segment {
     /// Opens a sealed segment that recovery may trust (fsynced at roll, below the recovery checkpoint) without
     /// reading all its batches: the indexes come from disk, after a shape check and a spot check that the last
     /// offset-index entry lands on the batch it names and that the batches after it end exactly at the end of the
-    /// file. `None` when any check fails; the caller then opens it the slow way, rebuilding the indexes.
+    /// file. `None` when any check fails; the caller then opens it the slow way, rebuilding the indexes. The file
+    /// is open only while this runs (a sealed segment keeps none).
     pub fn open_sealed(dir: &Path, base_offset: i64) -> Result<Option<Segment>> {
         let (log, idx, tidx) = paths(dir, base_offset);
-        let file = OpenOptions::new().read(true).write(true).open(&log)?;
+        let file = File::open(&log)?;
         let meta = file.metadata()?;
         let size = meta.len() as usize;
         if size == 0 || size as u64 > MAX_SEGMENT_BYTES {
@@ -275,7 +312,7 @@ impl Segment {
         Ok(Some(Segment {
             base_offset,
             log_path: log,
-            file: Arc::new(file),
+            file: None,
             map,
             capacity: size,
             size,
@@ -402,8 +439,14 @@ impl Segment {
                 self.log_path.display()
             )))));
         }
+        let Some(file) = &self.file else {
+            return Err(Error::Io(Arc::new(io::Error::other(format!(
+                "segment {} is sealed",
+                self.log_path.display()
+            )))));
+        };
         let start = self.size;
-        write(&self.file, start as u64)?;
+        write(file, start as u64)?;
         let mut pos = start;
         for h in headers {
             self.note_batch(&h, pos, index_interval);
@@ -509,34 +552,46 @@ impl Segment {
         }
     }
 
-    /// The log file, for an fsync issued without holding the log's lock.
-    pub fn data_file(&self) -> Arc<File> {
-        self.file.clone()
+    /// The log file, for an fsync issued without holding the log's lock: the open one of an unsealed segment, or
+    /// for a sealed one (which keeps none) a fresh read-only descriptor, which fsyncs the same inode. The only
+    /// sealed segments `log::durability` fsyncs are ones rolled a moment ago whose background seal has not
+    /// finished, so the reopen is rare.
+    pub fn data_file(&self) -> Result<Arc<File>> {
+        match &self.file {
+            Some(f) => Ok(f.clone()),
+            None => Ok(Arc::new(File::open(&self.log_path)?)),
+        }
     }
 
     /// fsyncs the data written so far. The active segment's indexes are not synced: they are rebuilt from the log
     /// whenever the segment was not sealed, so their durability never matters.
     pub fn sync(&self) -> Result<()> {
-        self.file.sync_data()?;
+        self.data_file()?.sync_data()?;
         Ok(())
     }
 
     /// The cheap half of sealing: no more appends, file cut to what it holds (if a failed write left more), the
-    /// last time-index entry added, indexes cut to size. Returns what remains to fsync. Idempotent.
+    /// last time-index entry added, indexes cut to size. Returns what remains to fsync, which holds the
+    /// segment's last descriptor of its file (the segment keeps none from here on). Idempotent.
     pub fn finish(&mut self) -> Result<SealFiles> {
+        let mut data = None;
         if !self.sealed {
-            if self.file.metadata()?.len() != self.size as u64 {
-                self.file.set_len(self.size as u64)?;
+            let file = self.file.clone().ok_or(Error::NoActiveSegment)?;
+            if file.metadata()?.len() != self.size as u64 {
+                file.set_len(self.size as u64)?;
             }
             self.capacity = self.size;
             self.push_time_entry();
             self.index.finish()?;
             self.time_index.finish()?;
             self.sealed = true;
+            self.file = None;
+            data = Some(file);
         }
         Ok(SealFiles {
-            data: self.file.clone(),
-            indexes: [
+            data,
+            paths: [
+                self.log_path.clone(),
                 self.index.path().to_path_buf(),
                 self.time_index.path().to_path_buf(),
             ],
@@ -704,6 +759,36 @@ mod tests {
             assert_eq!(back.find(*base + 1), Some(*pos));
         }
         assert_eq!(back.offset_for_timestamp(1_101), Some((131, 1_101)));
+    }
+
+    #[test]
+    fn a_sealed_segment_keeps_no_file_and_reads_through_its_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = Segment::create(dir.path(), 0, 1 << 20, &config(), 0).unwrap();
+        let a = batch(0, 1, 1, 500);
+        append(&mut seg, &a);
+        assert!(seg.file.is_some());
+        let files = seg.finish().unwrap();
+        assert!(seg.file.is_none(), "the seal job holds the last descriptor");
+        assert!(files.data.is_some());
+        files.sync().unwrap();
+        drop(files);
+        // A later fsync (durability of a just-rolled segment) reopens the file; a second finish is a no-op.
+        seg.sync().unwrap();
+        seg.seal().unwrap();
+        assert!(!seg.fits(0));
+        assert_eq!(seg.read(0, usize::MAX, false).unwrap(), a);
+        let h = BatchHeader::parse(&a).unwrap();
+        assert!(seg
+            .append(a.len(), std::iter::once(h), 300, |_, _| Ok(()))
+            .is_err());
+        let back = Segment::open_sealed(dir.path(), 0).unwrap().unwrap();
+        assert!(back.file.is_none());
+        assert_eq!(back.read(0, usize::MAX, false).unwrap(), a);
+        let (older, _) = Segment::open(dir.path(), 0, &config(), false, true, 0).unwrap();
+        assert!(older.file.is_none());
+        let (active, _) = Segment::open(dir.path(), 0, &config(), true, true, 0).unwrap();
+        assert!(active.file.is_some());
     }
 
     #[test]

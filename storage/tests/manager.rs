@@ -106,6 +106,59 @@ fn create_replaces_a_leftover_and_remove_topic_takes_every_partition_of_that_top
 }
 
 #[test]
+fn many_partitions_are_created_at_once_and_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let m = LogManager::open(dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        let logs = m.create_partitions("wide", 0..200, config()).unwrap();
+        eprintln!("created 200 partitions in {:?}", started.elapsed());
+        assert_eq!(logs.len(), 200);
+        for (p, log) in logs.iter().enumerate() {
+            assert_eq!(log.partition(), p as i32);
+            assert!(Arc::ptr_eq(log, &m.get("wide", p as i32).unwrap()));
+        }
+        logs[7].append_slice(&batch(1), 1).unwrap();
+        logs[7].flush().unwrap();
+        // Asking again for partitions that are open returns them as they are.
+        let again = m.create_partitions("wide", 5..10, config()).unwrap();
+        assert!(Arc::ptr_eq(&again[2], &logs[7]));
+        assert_eq!(again[2].log_end_offset(), 1);
+        // Crash: no shutdown.
+    }
+    let m = LogManager::open(dir.path()).unwrap();
+    assert_eq!(m.discover().unwrap().len(), 200);
+    let logs = m.open_all(|_, _| Some(config())).unwrap();
+    assert_eq!(logs.len(), 200);
+    assert_eq!(m.get("wide", 7).unwrap().log_end_offset(), 1);
+}
+
+#[test]
+fn a_creation_that_fails_part_way_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = LogManager::open(dir.path()).unwrap();
+    let other = m.create_partition("other", 0, config()).unwrap();
+    // Partition 3's folder cannot be made: a file has its name.
+    std::fs::write(dir.path().join("t-3"), b"in the way").unwrap();
+    let err = m.create_partitions("t", 0..6, config()).unwrap_err();
+    assert!(matches!(err, millrace_storage::Error::Io(_)), "{err}");
+    for p in 0..6 {
+        assert!(m.get("t", p).is_none(), "partition {p} is still open");
+    }
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["other-0", "t-3"]);
+    assert!(m.get("other", 0).is_some());
+    other.append_slice(&batch(1), 1).unwrap();
+    // Once the obstacle is gone the same creation succeeds.
+    std::fs::remove_file(dir.path().join("t-3")).unwrap();
+    assert_eq!(m.create_partitions("t", 0..6, config()).unwrap().len(), 6);
+}
+
+#[test]
 fn shutdown_closes_every_log_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     {

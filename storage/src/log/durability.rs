@@ -36,11 +36,11 @@ impl Log {
             if end <= durable {
                 break;
             }
-            files.push(seg.data_file());
+            files.push(seg.data_file()?);
             end = *base;
         }
         if files.is_empty() {
-            files.push(inner.active()?.data_file());
+            files.push(inner.active()?.data_file()?);
         }
         Ok((files, inner.next_offset))
     }

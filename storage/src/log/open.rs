@@ -28,6 +28,7 @@ use crate::names::{
     is_debris, offsets_in, segment_file, INDEX_SUFFIX, LOG_START_CHECKPOINT, LOG_SUFFIX,
     RECOVERY_CHECKPOINT, TIME_INDEX_SUFFIX,
 };
+use crate::producer_state::ProducerStates;
 use crate::segment::{active_capacity, Segment};
 
 impl Log {
@@ -116,6 +117,12 @@ impl Log {
                 active.sync()?;
             }
         }
+        let recovery = RecoveryReport {
+            clean,
+            validated_segments: validated,
+            truncated_bytes,
+            segments_removed: removed,
+        };
         if truncated_bytes > 0 || removed > 0 {
             tracing::warn!(
                 topic,
@@ -137,7 +144,67 @@ impl Log {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened log"
         );
-        Ok(Log {
+        Ok(Log::assemble(
+            dir,
+            topic,
+            partition,
+            config,
+            segments,
+            next_offset,
+            log_start_offset,
+            producers,
+            recovery,
+        ))
+    }
+
+    /// Creates the log of a new partition in `dir`, which must not exist yet: the folder and an empty active
+    /// segment, and nothing to recover. Nothing is fsynced: before anything is acknowledged in the log (and
+    /// before the broker's registry names it), the caller makes it durable with an fsync of `dir` (the segment's
+    /// names) and then of its parent (the folder's name). [`crate::LogManager::create_partitions`] does that for
+    /// many partitions at once, which is what makes creating thousands of them fast. On error nothing is left
+    /// behind (the folder is removed again).
+    pub fn create_unsynced(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        config: LogConfig,
+    ) -> Result<Log> {
+        std::fs::create_dir(dir)?;
+        let now = now_ms();
+        match Segment::create_unsynced(dir, 0, active_capacity(&config, 0), &config, now) {
+            Ok(seg) => Ok(Log::assemble(
+                dir,
+                topic,
+                partition,
+                config,
+                BTreeMap::from([(0, seg)]),
+                0,
+                0,
+                ProducerStates::default(),
+                RecoveryReport::default(),
+            )),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// A log over `segments` (not empty; the last one active) ending at `next_offset`, everything in them
+    /// durable.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        dir: &Path,
+        topic: &str,
+        partition: i32,
+        config: LogConfig,
+        segments: BTreeMap<i64, Segment>,
+        next_offset: i64,
+        log_start_offset: i64,
+        producers: ProducerStates,
+        recovery: RecoveryReport,
+    ) -> Log {
+        Log {
             topic: topic.to_string(),
             partition,
             dir: dir.to_path_buf(),
@@ -156,12 +223,7 @@ impl Log {
             flush_lock: tokio::sync::Mutex::new(()),
             fsyncs: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
-            recovery: RecoveryReport {
-                clean,
-                validated_segments: validated,
-                truncated_bytes,
-                segments_removed: removed,
-            },
-        })
+            recovery,
+        }
     }
 }

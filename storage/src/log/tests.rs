@@ -558,3 +558,59 @@ fn a_deleted_log_refuses_appends() {
         Err(Error::Deleted(_))
     ));
 }
+
+/// How many of this process's file descriptors point into `dir` (other tests' folders are elsewhere, so this
+/// is exact even with tests running in parallel).
+fn fds_under(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+#[tokio::test]
+async fn a_partition_keeps_one_file_open_however_many_segments_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path(), config());
+    assert_eq!(fds_under(dir.path()), 1, "the active .log only");
+    for i in 0..80 {
+        put(&log, &batch(i, 2, 100));
+    }
+    // Right after a roll, before the background seal is done, an fsync covers the sealed segment too (reopened
+    // by path).
+    log.wait_durable(159).await.unwrap();
+    log.sealer.wait_idle();
+    assert!(log.segment_count() > 4);
+    assert_eq!(
+        fds_under(dir.path()),
+        1,
+        "sealed segments and indexes keep none"
+    );
+    for offset in 0..160 {
+        let s = log.read(offset, 1, true).unwrap();
+        let h = BatchHeader::parse(&s.records).unwrap();
+        assert!(h.base_offset <= offset && offset <= h.last_offset());
+    }
+    log.close().unwrap();
+    assert_eq!(fds_under(dir.path()), 0, "closing seals the active segment");
+    put(&log, &batch(0, 2, 10));
+    log.flush().unwrap();
+    drop(log);
+    log_is_reopened_with_one_fd(dir.path());
+}
+
+fn log_is_reopened_with_one_fd(dir: &Path) {
+    // Unclean (the last append was not followed by a close): sealed segments from their indexes, the active one
+    // validated.
+    let log = open(dir, config());
+    assert_eq!(fds_under(dir), 1);
+    assert_eq!(log.log_end_offset(), 162);
+    log.close().unwrap();
+    drop(log);
+    // Clean.
+    let log = open(dir, config());
+    assert_eq!(fds_under(dir), 1);
+    assert_eq!(batches(&log).last(), Some(&(160, 161)));
+}
