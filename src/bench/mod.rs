@@ -98,6 +98,10 @@ pub struct ProducerArgs {
     /// Largest record batch in bytes (before compression).
     #[arg(long, default_value_t = 1_000_000)]
     pub batch_size: usize,
+    /// Largest produce request in bytes (its batches together): brokers close connections whose frames pass
+    /// socket.request.max.bytes (100 MiB by default in Kafka and millrace).
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_request_bytes: usize,
     /// How long a batch may wait for more records before it is sent (only matters with --rate).
     #[arg(long, default_value_t = 0)]
     pub linger_ms: u64,

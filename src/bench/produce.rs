@@ -346,10 +346,17 @@ async fn write_requests(
         let mut bytes = 0u64;
         let mut wire = 0u64;
         let np = plan.partitions.len();
+        let mut included = 0usize;
         for k in 0..np {
             if budget == 0 {
                 break;
             }
+            // Brokers refuse frames over socket.request.max.bytes: with many partitions, a request carries
+            // as many full batches as fit under --max-request-bytes, and the next one goes on from there.
+            if k > 0 && wire as usize + batch_capacity > args.max_request_bytes {
+                break;
+            }
+            included += 1;
             let slot = (rotate + k) % np;
             let buf = buffers[slot]
                 .take()
@@ -370,7 +377,7 @@ async fn write_requests(
                 ..Default::default()
             });
         }
-        rotate = (rotate + 1) % np;
+        rotate = (rotate + included.max(1)) % np;
         let sent_at = Instant::now();
         let id = sender
             .send_with(produce_request::API_KEY, version, |w| {

@@ -86,12 +86,16 @@ impl LogManager {
         self.open_partitions(wanted)
     }
 
-    /// Opens (recovering) several partitions in parallel, one thread per core: recovery is CRC-bound on unclean
-    /// shutdowns and I/O-bound otherwise, and partitions are independent. Returns the logs in the order asked;
+    /// Opens (recovering) several partitions in parallel, on up to 8 threads per core (at most 32): recovery is
+    /// CRC-bound on unclean shutdowns and fsync-bound otherwise, and partitions are independent. Returns the logs in the order asked;
     /// the first error, after every partition was tried.
     pub fn open_partitions(&self, parts: Vec<(String, i32, LogConfig)>) -> Result<Vec<Arc<Log>>> {
+        // Recovery after a crash is CRC-bound on the data it validates, but each partition also waits on a few
+        // fsyncs (the recovered tail, its checkpoints): more threads than cores keep the disk and the CPUs busy.
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
+            .saturating_mul(8)
+            .clamp(1, 32)
             .min(parts.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results: Mutex<Vec<Option<Result<Arc<Log>>>>> =

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use millrace_protocol::records::{
-    attributes, compression, validate_batch, BatchHeader, BatchIter, RecordIter, BATCH_HEADER_LEN,
+    attributes, compression, validate_batch, BatchHeader, RecordIter, BATCH_HEADER_LEN,
     LOG_OVERHEAD,
 };
 
@@ -233,19 +233,19 @@ impl Segment {
             sealed: false,
         };
         // A segment that outgrew u32 positions cannot be indexed; recovery keeps what can be.
-        let data = map.slice(0, file_len.min(MAX_SEGMENT_BYTES as usize));
+        let limit = file_len.min(MAX_SEGMENT_BYTES as usize);
         let mut pos = 0usize;
-        for item in BatchIter::new(data) {
-            let Ok((h, bytes)) = item else { break };
+        scan_batches(&file, limit, |h, bytes| {
             if validate && validate_batch(bytes).is_err() {
-                break;
+                return false;
             }
             if h.base_offset < seg.next_offset {
-                break;
+                return false;
             }
-            seg.note_batch(&h, pos, config.index_interval_bytes);
+            seg.note_batch(h, pos, config.index_interval_bytes);
             pos += bytes.len();
-        }
+            true
+        })?;
         seg.size = pos;
         let mut rec = Recovered::default();
         if pos < file_len && validate {
@@ -545,11 +545,40 @@ impl Segment {
         self.map.bytes(0, self.size)
     }
 
-    /// Calls `f` with every batch header, in order (rebuilding producer state).
-    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) {
-        for (h, _) in BatchIter::new(self.map.slice(0, self.size)).map_while(Result::ok) {
+    /// Calls `f` with every batch header, in order (rebuilding producer state). Reads the headers with `pread`
+    /// through a small window rather than through the mapping, for the reason [`scan_batches`] gives: touching
+    /// each header through the mapping would fault in (and keep resident) the pages around it.
+    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        const WINDOW: usize = 64 << 10;
+        let file = File::open(&self.log_path)?;
+        let mut buf = vec![0u8; WINDOW];
+        // `buf[..have]` holds the file's bytes from `start`.
+        let (mut start, mut have, mut pos) = (0usize, 0usize, 0usize);
+        while pos + BATCH_HEADER_LEN <= self.size {
+            if pos + BATCH_HEADER_LEN > start + have {
+                start = pos;
+                have = 0;
+                let want = WINDOW.min(self.size - pos);
+                while have < want {
+                    match file.read_at(&mut buf[have..want], (start + have) as u64) {
+                        Ok(0) => break,
+                        Ok(k) => have += k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if have < BATCH_HEADER_LEN {
+                    break;
+                }
+            }
+            let Ok(h) = BatchHeader::parse(&buf[pos - start..have]) else {
+                break;
+            };
             f(&h);
+            pos += h.total_len();
         }
+        Ok(())
     }
 
     /// The log file, for an fsync issued without holding the log's lock: the open one of an unsealed segment, or
@@ -658,6 +687,66 @@ impl Segment {
 /// How many bytes after the valid prefix at `pos` look like data rather than preallocated zeros: up to the last
 /// non-zero byte within the torn batch's declared length (bounded), or within 64 KiB when that is unreadable.
 /// Only for the recovery report: the whole tail is cut either way.
+/// How much recovery reads at a time.
+const SCAN_CHUNK: usize = 4 << 20;
+
+/// Calls `f` with every whole, well-shaped batch in the first `limit` bytes of `file`, in order, until `f` says
+/// stop or the batches end (a torn or malformed one). Reads with `pread` into one reused buffer rather than
+/// through the mapping: recovery reads every byte of the segments it validates once, and through a mapping each
+/// page would fault in and stay resident (gigabytes of RSS after recovering a large log), where a copy from the
+/// page cache costs less and leaves nothing mapped.
+fn scan_batches(
+    file: &File,
+    limit: usize,
+    mut f: impl FnMut(&BatchHeader, &[u8]) -> bool,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf: Vec<u8> = Vec::new();
+    // `buf` holds the file's bytes [start, start + buf.len()).
+    let mut start = 0usize;
+    let mut pos = 0usize;
+    let fill = |buf: &mut Vec<u8>, at: usize, want: usize| -> Result<()> {
+        let n = want.min(limit.saturating_sub(at));
+        buf.resize(n, 0);
+        let mut got = 0;
+        while got < n {
+            match file.read_at(&mut buf[got..], (at + got) as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(got);
+        Ok(())
+    };
+    while pos < limit {
+        if pos + BATCH_HEADER_LEN > start + buf.len() {
+            start = pos;
+            fill(&mut buf, start, SCAN_CHUNK)?;
+        }
+        let Ok(h) = BatchHeader::parse(&buf[pos - start..]) else {
+            return Ok(());
+        };
+        let len = h.total_len();
+        if pos + len > limit {
+            return Ok(());
+        }
+        if pos + len > start + buf.len() {
+            start = pos;
+            fill(&mut buf, start, SCAN_CHUNK.max(len))?;
+            if buf.len() < len {
+                return Ok(());
+            }
+        }
+        if !f(&h, &buf[pos - start..pos - start + len]) {
+            return Ok(());
+        }
+        pos += len;
+    }
+    Ok(())
+}
+
 fn torn_bytes(data: &[u8], pos: usize) -> usize {
     let tail = &data[pos..];
     let declared = tail

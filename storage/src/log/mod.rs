@@ -320,7 +320,7 @@ fn rebuild_producers(
             if h.base_offset >= from {
                 producers.update(h, h.base_offset, h.last_offset());
             }
-        });
+        })?;
     }
     Ok(producers)
 }
