@@ -162,20 +162,28 @@ async fn serve(
             broker: bound.broker.clone(),
         });
     let handle = tokio::runtime::Handle::current();
+    // The first start is synchronous, so that a pipeline that cannot start (a bad checkpoint, a refused
+    // topic) stops the broker from starting; later failures are restarted by a supervisor.
     let running = tokio::task::block_in_place(|| {
-        jobs.iter()
-            .map(|j| millrace_processor::start(j, host.clone(), handle.clone()))
-            .collect::<Result<Vec<_>, _>>()
+        jobs.into_iter()
+            .map(|j| {
+                let first = millrace_processor::start(&j, host.clone(), handle.clone())?;
+                Ok(pipelines::Supervised::new(
+                    j,
+                    host.clone(),
+                    handle.clone(),
+                    first,
+                )?)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
     })?;
     bound
         .run(async move {
             shutdown_signal().await;
             let _ = tokio::task::spawn_blocking(move || {
                 for p in running {
-                    let name = p.name().to_string();
-                    if let Err(e) = p.stop() {
-                        tracing::error!(pipeline = %name, error = %e, "pipeline stopped with an error");
-                    }
+                    tracing::debug!(pipeline = p.name(), "stopping pipeline");
+                    p.stop();
                 }
             })
             .await;

@@ -98,3 +98,95 @@ impl Host for BrokerHost {
             .map_err(host_err)
     }
 }
+
+/// A pipeline kept running: when it fails (an output topic deleted, a disk error), it is started again from its
+/// last checkpoint after a backoff that doubles from 1 s to 60 s, and resets once a run has lasted a minute.
+/// Exactly-once holds across these restarts as across a crash.
+pub struct Supervised {
+    name: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+const POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Supervised {
+    pub fn new(
+        job: millrace_processor::Job,
+        host: Arc<dyn Host>,
+        rt: tokio::runtime::Handle,
+        first: millrace_processor::RunningPipeline,
+    ) -> std::io::Result<Supervised> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let name = job.name().to_string();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("supervise-{name}"))
+            .spawn(move || supervise(job, host, rt, first, &flag))?;
+        Ok(Supervised { name, stop, thread })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops the pipeline (final checkpoint) and its supervisor.
+    pub fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.thread.join();
+    }
+}
+
+fn supervise(
+    job: millrace_processor::Job,
+    host: Arc<dyn Host>,
+    rt: tokio::runtime::Handle,
+    first: millrace_processor::RunningPipeline,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    let name = job.name().to_string();
+    let mut running = Some(first);
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        if let Some(p) = running.take() {
+            let started = Instant::now();
+            loop {
+                if stop.load(Ordering::Acquire) {
+                    if let Err(e) = p.stop() {
+                        tracing::error!(pipeline = %name, error = %e, "pipeline stopped with an error");
+                    }
+                    return;
+                }
+                if p.error().is_some() {
+                    let e = p.stop().err().map(|e| e.to_string()).unwrap_or_default();
+                    if started.elapsed() >= MAX_BACKOFF {
+                        backoff = std::time::Duration::from_secs(1);
+                    }
+                    tracing::error!(pipeline = %name, error = %e, retry_in = ?backoff, "pipeline failed");
+                    break;
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        match millrace_processor::start(&job, host.clone(), rt.clone()) {
+            Ok(p) => {
+                tracing::info!(pipeline = %name, "pipeline restarted");
+                running = Some(p);
+            }
+            Err(e) => {
+                tracing::error!(pipeline = %name, error = %e, retry_in = ?backoff, "pipeline restart failed");
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

@@ -485,6 +485,16 @@ fn run_task(
                 offset = log_start;
                 continue;
             }
+            Err(millrace_storage::Error::OffsetOutOfRange {
+                log_start, log_end, ..
+            }) if offset > log_end => {
+                // The partition is shorter than the checkpoint says (the topic was deleted and created again, or
+                // truncated): what is there now is new input, read from its start.
+                tracing::warn!(pipeline = %shared.name, partition = i, from = offset, log_end, to = log_start,
+                    "input partition is shorter than the pipeline's position; reading it from its start");
+                offset = log_start;
+                continue;
+            }
             Err(e) => {
                 fail(shared, e.into());
                 return;

@@ -256,3 +256,58 @@ fn kill_9_under_load_gives_each_window_result_exactly_once() {
         "no click was late"
     );
 }
+
+#[test]
+fn a_failed_pipeline_is_restarted_from_its_checkpoint() {
+    let example = example().display().to_string();
+    let b = Broker::start_with(&[], &["--pipeline", &example]).unwrap();
+    let bootstrap = b.bootstrap();
+    let p = producer(&bootstrap, &[]);
+    produce_all(&p, "clicks", &[click("early", BASE + 1)]);
+    produce_all(&p, "clicks", &closers(BASE + 5 * WINDOW));
+    let first = read_results(&bootstrap, "clicks_per_user", 1, Duration::from_secs(30));
+    assert!(
+        first.contains_key(&("early".to_string(), BASE)),
+        "{first:?}"
+    );
+
+    // Deleting the sink under the running pipeline makes its next commit fail; the supervisor starts it again
+    // from the checkpoint, which creates the topic again and writes the results it had committed there.
+    block(admin(&bootstrap).delete_topics(&["clicks_per_user"], &opts()))
+        .unwrap()
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    let later: Vec<Rec> = (0..4)
+        .map(|i| {
+            click(
+                if i % 2 == 0 { "alice" } else { "bob" },
+                BASE + 10 * WINDOW + i,
+            )
+        })
+        .chain([click("alice", BASE + 11 * WINDOW)])
+        .collect();
+    produce_all(&p, "clicks", &later);
+    produce_all(&p, "clicks", &closers(BASE + 20 * WINDOW));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = read_results(&bootstrap, "clicks_per_user", 3, Duration::from_secs(10));
+        let alice = got.get(&("alice".to_string(), BASE + 10 * WINDOW)).cloned();
+        let bob = got.get(&("bob".to_string(), BASE + 10 * WINDOW)).cloned();
+        let alice11 = got.get(&("alice".to_string(), BASE + 11 * WINDOW)).cloned();
+        if alice.is_some() && bob.is_some() && alice11.is_some() {
+            assert_eq!(alice, Some(vec![2]), "{got:?}");
+            assert_eq!(bob, Some(vec![2]), "{got:?}");
+            assert_eq!(alice11, Some(vec![1]), "{got:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no results after the restart: {got:?}\n{}",
+            b.stderr()
+        );
+    }
+    assert!(b.stderr().contains("pipeline restarted"), "{}", b.stderr());
+}
