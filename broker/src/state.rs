@@ -75,8 +75,8 @@ impl Broker {
         }
     }
 
-    /// Starts the background work: group timers (50 ms), committed-offset expiry, log compaction and
-    /// retention, each on its own period, all stopping at shutdown.
+    /// Starts the background work: group timers (50 ms), committed-offset expiry, log compaction,
+    /// retention and the flush policy, each on its own period, all stopping at shutdown.
     pub fn start_background(self: &Arc<Self>, shutdown: Shutdown) -> Vec<JoinHandle<()>> {
         let period = |name: &str| {
             Duration::from_millis(self.config.get_i64(name).clamp(10, 86_400_000) as u64)
@@ -119,7 +119,7 @@ impl Broker {
         );
         let b = self.clone();
         let retention_task = every(
-            shutdown,
+            shutdown.clone_receiver(),
             period("log.retention.check.interval.ms"),
             move || {
                 let b = b.clone();
@@ -128,7 +128,20 @@ impl Broker {
                 }
             },
         );
-        vec![groups, expiry, cleaner, retention_task]
+        let b = self.clone();
+        // flush.ms is checked on appends; this catches logs that went quiet, and fsyncs whatever has waited
+        // RECOVERY_FLUSH_MS, which moves the active recovery points so that a crash costs little recovery.
+        let flush_task = every(
+            shutdown,
+            millrace_storage::manager::FLUSH_CHECK_INTERVAL,
+            move || {
+                let b = b.clone();
+                async move {
+                    let _ = tokio::task::spawn_blocking(move || b.topics.flush_due(now_ms())).await;
+                }
+            },
+        );
+        vec![groups, expiry, cleaner, retention_task, flush_task]
     }
 
     fn apply_retention(&self) {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use millrace_protocol::Uuid;
-use millrace_storage::{Log, LogManager};
+use millrace_storage::{Log, LogConfig, LogManager};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
@@ -179,14 +179,24 @@ impl Topics {
             producer_ids: Mutex::new((meta.producer_id_block_end, meta.producer_id_block_end)),
             write_lock: Mutex::new(()),
         };
+        // Every partition of every topic is recovered in one parallel pass: after a crash, recovery is CRC- and
+        // fsync-bound per partition, and one partition after another would add those up.
+        let wanted: Vec<(String, i32, LogConfig)> = meta
+            .topics
+            .iter()
+            .flat_map(|(name, rec)| {
+                let cfg = log_config(config, &rec.configs);
+                (0..rec.partitions).map(move |p| (name.clone(), p, cfg.clone()))
+            })
+            .collect();
+        let mut opened = topics.logs.open_partitions(wanted)?.into_iter();
         for (name, rec) in meta.topics {
             let id =
                 unhex(&rec.id).ok_or_else(|| Error::Config(format!("bad topic id for {name}")))?;
-            let mut partitions = Vec::with_capacity(rec.partitions.max(0) as usize);
-            for p in 0..rec.partitions {
-                let cfg = log_config(config, &rec.configs);
-                partitions.push(topics.logs.open_partition(&name, p, cfg)?);
-            }
+            let partitions: Vec<_> = opened
+                .by_ref()
+                .take(rec.partitions.max(0) as usize)
+                .collect();
             topics.by_id.insert(id, name.clone());
             let internal = is_internal(&name);
             topics.by_name.insert(
@@ -202,6 +212,11 @@ impl Topics {
         }
         topics.persist(config)?;
         Ok(topics)
+    }
+
+    /// Applies the flush policy to every log (see [`LogManager::flush_due`]).
+    pub fn flush_due(&self, now_ms: i64) {
+        self.logs.flush_due(now_ms);
     }
 
     pub fn cluster_id(&self) -> &str {

@@ -1,5 +1,5 @@
 //! Small per-partition files that make recovery cheap: the recovery point, the log start offset, the
-//! clean-shutdown marker, and the atomic write they all share.
+//! clean-shutdown marker, the active segment's recovery point, and the atomic write they share.
 //!
 //! Format: an offset checkpoint is the offset in decimal ASCII (`4096\n`), readable with `cat`. Every file is
 //! written to `<name>.tmp`, fsynced, renamed over the old one and the folder fsynced, so a reader sees the old
@@ -10,7 +10,62 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::names::{tmp_file, CLEAN_MARKER};
+use crate::names::{tmp_file, ACTIVE_RECOVERY_POINT, CLEAN_MARKER};
+
+/// How much of the active segment an fsync covered: its first `position` bytes, whole batches ending with
+/// offset `next_offset - 1`, were durable when the point was recorded.
+///
+/// Recovery trusts such a prefix without reading its batches (it follows the chain of batch headers instead,
+/// and only if that chain lands exactly on `position` and `next_offset`), so after a crash it validates only what
+/// was appended since the last fsync. The file is written without an fsync of its own: it is written only after
+/// the fsync it describes, so if it reaches the disk at all, the bytes it vouches for did first; a torn or empty
+/// file does not parse and means "validate everything". What must be durable is its *removal* before the prefix
+/// it names changes (a truncation), see [`remove_active_point`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivePoint {
+    pub base_offset: i64,
+    pub position: u64,
+    pub next_offset: i64,
+}
+
+/// The active segment's recovery point stored in `dir`, if present and well formed.
+pub fn read_active_point(dir: &Path) -> Option<ActivePoint> {
+    let text = std::fs::read_to_string(dir.join(ACTIVE_RECOVERY_POINT)).ok()?;
+    let mut parts = text.split_ascii_whitespace();
+    let point = ActivePoint {
+        base_offset: parts.next()?.parse().ok()?,
+        position: parts.next()?.parse().ok()?,
+        next_offset: parts.next()?.parse().ok()?,
+    };
+    let sane =
+        parts.next().is_none() && point.base_offset >= 0 && point.next_offset >= point.base_offset;
+    sane.then_some(point)
+}
+
+/// Replaces the active segment's recovery point (through a temporary file and a rename, without fsyncs: see
+/// [`ActivePoint`]).
+pub fn write_active_point(dir: &Path, point: &ActivePoint) -> Result<()> {
+    let path = dir.join(ACTIVE_RECOVERY_POINT);
+    let tmp = tmp_file(&path);
+    std::fs::write(
+        &tmp,
+        format!(
+            "{} {} {}\n",
+            point.base_offset, point.position, point.next_offset
+        ),
+    )?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Removes the active segment's recovery point durably: before bytes it vouches for are cut or rewritten.
+pub fn remove_active_point(dir: &Path) -> Result<()> {
+    match std::fs::remove_file(dir.join(ACTIVE_RECOVERY_POINT)) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// The offset stored in `dir/name`, if the file exists and parses.
 pub fn read_offset(dir: &Path, name: &str) -> Option<i64> {

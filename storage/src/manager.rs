@@ -277,11 +277,16 @@ impl LogManager {
         deleted
     }
 
-    /// fsyncs every log whose `flush.ms` has passed since its oldest unflushed append.
+    /// fsyncs every log whose `flush.ms` (or [`crate::log::RECOVERY_FLUSH_MS`]) has passed since its oldest
+    /// unflushed append, and writes the active recovery points that fsyncs have moved.
     pub fn flush_due(&self, now_ms: i64) {
         for log in self.all() {
             if let Err(e) = log.flush_if_due(now_ms) {
                 tracing::warn!(topic = log.topic(), partition = log.partition(), error = %e, "flush failed");
+            }
+            if let Err(e) = log.write_recovery_point() {
+                tracing::warn!(topic = log.topic(), partition = log.partition(), error = %e,
+                    "writing the active recovery point failed");
             }
         }
     }

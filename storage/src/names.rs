@@ -7,6 +7,7 @@
 //!     00000000000000000000.timeindex    sparse time index (12-byte entries)
 //!     00000000000000004096.snapshot     idempotent-producer state as of offset 4096
 //!     recovery-point-checkpoint         segments below this offset were sealed and fsynced
+//!     active-recovery-point             how much of the active segment an fsync covered
 //!     log-start-offset-checkpoint       the log start offset (DeleteRecords may move it inside a segment)
 //!     .clean-shutdown                   present only between a clean close and the next open
 //! ```
@@ -32,6 +33,8 @@ const TMP_SUFFIX: &str = ".tmp";
 pub const CLEAN_MARKER: &str = ".clean-shutdown";
 /// Holds the base offset of the active segment when every older segment was fsynced (written at roll).
 pub const RECOVERY_CHECKPOINT: &str = "recovery-point-checkpoint";
+/// The prefix of the active segment an fsync covered: `<base offset> <bytes> <next offset>`.
+pub const ACTIVE_RECOVERY_POINT: &str = "active-recovery-point";
 /// The log start offset, when DeleteRecords or retention moved it.
 pub const LOG_START_CHECKPOINT: &str = "log-start-offset-checkpoint";
 

@@ -34,7 +34,7 @@ use millrace_protocol::records::{
     LOG_OVERHEAD,
 };
 
-use crate::checkpoint::sync_dir;
+use crate::checkpoint::{sync_dir, ActivePoint};
 use crate::config::LogConfig;
 use crate::error::{Error, Result};
 use crate::index::{OffsetIndex, TimeIndex};
@@ -76,6 +76,9 @@ pub struct Recovered {
     pub truncated_bytes: u64,
     /// Whether the file was cut at all (a segment after a cut one is unusable).
     pub cut: bool,
+    /// Bytes at the start trusted through the active recovery point: their headers were followed, their
+    /// batches not read.
+    pub trusted_bytes: u64,
 }
 
 /// The files of a finished segment, to fsync (possibly on another thread, while the log goes on).
@@ -197,12 +200,54 @@ impl Segment {
     /// (written after its body when appending from a shared buffer, and not covered by the CRC) never reached the
     /// disk. A segment that is not `active` is sealed (indexes cut to size and fsynced, so that the next open can
     /// trust them).
+    ///
+    /// `durable` is a prefix an fsync covered (the active segment's recovery point, ignored unless its base
+    /// offset is this segment's): its batches are not read, only their headers are followed, and only if that
+    /// chain of headers lands exactly on the point's position and offset. Otherwise the segment is scanned again
+    /// from its start as if there were no point.
     pub fn open(
         dir: &Path,
         base_offset: i64,
         config: &LogConfig,
         active: bool,
         validate: bool,
+        durable: Option<ActivePoint>,
+        now_ms: i64,
+    ) -> Result<(Segment, Recovered)> {
+        let durable =
+            durable.filter(|p| validate && p.base_offset == base_offset && p.position > 0);
+        if let Some(point) = durable {
+            let opened = Self::open_scanning(
+                dir,
+                base_offset,
+                config,
+                active,
+                validate,
+                Some(point),
+                now_ms,
+            )?;
+            if opened.1.trusted_bytes > 0 {
+                return Ok(opened);
+            }
+            tracing::warn!(
+                segment = %opened.0.log_path.display(),
+                position = point.position,
+                next_offset = point.next_offset,
+                "the active recovery point does not match the segment's batches: validating all of it"
+            );
+        }
+        Self::open_scanning(dir, base_offset, config, active, validate, None, now_ms)
+    }
+
+    /// [`Segment::open`] with the prefix `durable` (when given) trusted; [`Recovered::trusted_bytes`] stays 0 if
+    /// the batches do not reach it exactly, and then nothing was cut.
+    fn open_scanning(
+        dir: &Path,
+        base_offset: i64,
+        config: &LogConfig,
+        active: bool,
+        validate: bool,
+        durable: Option<ActivePoint>,
         now_ms: i64,
     ) -> Result<(Segment, Recovered)> {
         let (log, idx, tidx) = paths(dir, base_offset);
@@ -234,25 +279,45 @@ impl Segment {
         };
         // A segment that outgrew u32 positions cannot be indexed; recovery keeps what can be.
         let limit = file_len.min(MAX_SEGMENT_BYTES as usize);
+        let trusted_end = durable.map_or(0, |p| usize::try_from(p.position).unwrap_or(usize::MAX));
         let mut pos = 0usize;
-        scan_batches(&file, limit, |h, bytes| {
-            if validate && validate_batch(bytes).is_err() {
-                return false;
+        let mut reached = false;
+        // Without validation only the headers matter, wherever they are.
+        let headers_only = if validate { trusted_end } else { usize::MAX };
+        scan_batches(&file, limit, headers_only, |h, body| {
+            if let Some(point) = durable.filter(|_| pos == trusted_end) {
+                reached = point.next_offset == seg.next_offset;
+                if !reached {
+                    return false;
+                }
+            }
+            if let Some(bytes) = body {
+                if validate && validate_batch(bytes).is_err() {
+                    return false;
+                }
             }
             if h.base_offset < seg.next_offset {
                 return false;
             }
             seg.note_batch(h, pos, config.index_interval_bytes);
-            pos += bytes.len();
+            pos += h.total_len();
             true
         })?;
+        if durable.is_some() {
+            reached |=
+                pos == trusted_end && durable.is_some_and(|p| p.next_offset == seg.next_offset);
+            if !reached {
+                return Ok((seg, Recovered::default()));
+            }
+        }
         seg.size = pos;
-        let mut rec = Recovered::default();
+        let mut rec = Recovered {
+            trusted_bytes: if reached { trusted_end as u64 } else { 0 },
+            ..Recovered::default()
+        };
         if pos < file_len && validate {
-            rec = Recovered {
-                truncated_bytes: torn_bytes(map.slice(0, file_len), pos) as u64,
-                cut: true,
-            };
+            rec.truncated_bytes = torn_bytes(map.slice(0, file_len), pos) as u64;
+            rec.cut = true;
             // Cut the torn or corrupt tail durably: those bytes were never published.
             file.set_len(pos as u64)?;
             file.sync_all()?;
@@ -540,6 +605,15 @@ impl Segment {
         self.find(offset).unwrap_or(self.size)
     }
 
+    /// This segment's published bytes as a recovery point (meaningful once an fsync has covered them).
+    pub fn durable_point(&self) -> ActivePoint {
+        ActivePoint {
+            base_offset: self.base_offset,
+            position: self.size as u64,
+            next_offset: self.next_offset,
+        }
+    }
+
     /// The published bytes as a zero-copy slice.
     pub fn all_bytes(&self) -> Bytes {
         self.map.bytes(0, self.size)
@@ -675,7 +749,7 @@ impl Segment {
             segment_file(dir, base_offset, LOG_SUFFIX),
         )?;
         sync_dir(dir)?;
-        Ok(Segment::open(dir, base_offset, config, active, false, now_ms)?.0)
+        Ok(Segment::open(dir, base_offset, config, active, false, None, now_ms)?.0)
     }
 
     /// Removes a replacement that will not be installed.
@@ -687,18 +761,24 @@ impl Segment {
 /// How many bytes after the valid prefix at `pos` look like data rather than preallocated zeros: up to the last
 /// non-zero byte within the torn batch's declared length (bounded), or within 64 KiB when that is unreadable.
 /// Only for the recovery report: the whole tail is cut either way.
-/// How much recovery reads at a time.
-const SCAN_CHUNK: usize = 4 << 20;
+/// How much recovery reads at a time (per recovery thread: the allocator keeps these buffers after use).
+const SCAN_CHUNK: usize = 1 << 20;
+/// How much it reads at a time while it only follows headers through a trusted prefix.
+const HEADER_CHUNK: usize = 64 << 10;
 
 /// Calls `f` with every whole, well-shaped batch in the first `limit` bytes of `file`, in order, until `f` says
 /// stop or the batches end (a torn or malformed one). Reads with `pread` into one reused buffer rather than
 /// through the mapping: recovery reads every byte of the segments it validates once, and through a mapping each
 /// page would fault in and stay resident (gigabytes of RSS after recovering a large log), where a copy from the
 /// page cache costs less and leaves nothing mapped.
+///
+/// Batches that end at or before `trusted_end` are passed without their bytes (`None`): only their headers are
+/// read, in small windows, so a trusted prefix costs a few reads per batch rather than a read of every byte.
 fn scan_batches(
     file: &File,
     limit: usize,
-    mut f: impl FnMut(&BatchHeader, &[u8]) -> bool,
+    trusted_end: usize,
+    mut f: impl FnMut(&BatchHeader, Option<&[u8]>) -> bool,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let mut buf: Vec<u8> = Vec::new();
@@ -723,7 +803,12 @@ fn scan_batches(
     while pos < limit {
         if pos + BATCH_HEADER_LEN > start + buf.len() {
             start = pos;
-            fill(&mut buf, start, SCAN_CHUNK)?;
+            let chunk = if pos < trusted_end {
+                HEADER_CHUNK
+            } else {
+                SCAN_CHUNK
+            };
+            fill(&mut buf, start, chunk)?;
         }
         let Ok(h) = BatchHeader::parse(&buf[pos - start..]) else {
             return Ok(());
@@ -732,6 +817,13 @@ fn scan_batches(
         if pos + len > limit {
             return Ok(());
         }
+        if pos + len <= trusted_end {
+            if !f(&h, None) {
+                return Ok(());
+            }
+            pos += len;
+            continue;
+        }
         if pos + len > start + buf.len() {
             start = pos;
             fill(&mut buf, start, SCAN_CHUNK.max(len))?;
@@ -739,7 +831,7 @@ fn scan_batches(
                 return Ok(());
             }
         }
-        if !f(&h, &buf[pos - start..pos - start + len]) {
+        if !f(&h, Some(&buf[pos - start..pos - start + len])) {
             return Ok(());
         }
         pos += len;
@@ -874,9 +966,9 @@ mod tests {
         let back = Segment::open_sealed(dir.path(), 0).unwrap().unwrap();
         assert!(back.file.is_none());
         assert_eq!(back.read(0, usize::MAX, false).unwrap(), a);
-        let (older, _) = Segment::open(dir.path(), 0, &config(), false, true, 0).unwrap();
+        let (older, _) = Segment::open(dir.path(), 0, &config(), false, true, None, 0).unwrap();
         assert!(older.file.is_none());
-        let (active, _) = Segment::open(dir.path(), 0, &config(), true, true, 0).unwrap();
+        let (active, _) = Segment::open(dir.path(), 0, &config(), true, true, None, 0).unwrap();
         assert!(active.file.is_some());
     }
 

@@ -385,3 +385,91 @@ fn trusted_segments_and_producer_snapshots_survive_restarts() {
     });
     assert!(snapshots.count() <= 2);
 }
+
+/// Five batches, the first three fsynced and their recovery point written, then a crash; returns the log folder,
+/// where the fsynced prefix ends, and where the last batch starts.
+fn five_batches_three_fsynced(dir: &Path) -> (std::path::PathBuf, usize, usize) {
+    let path = dir.join("p");
+    let batches: Vec<Bytes> = (0..5).map(|i| batch(i, 3, None)).collect();
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    for b in &batches[..3] {
+        log.append_slice(b, 5).unwrap();
+    }
+    log.flush().unwrap();
+    assert!(log.write_recovery_point().unwrap());
+    assert!(!log.write_recovery_point().unwrap(), "nothing moved since");
+    for b in &batches[3..] {
+        log.append_slice(b, 5).unwrap();
+    }
+    drop(log);
+    let prefix: usize = batches[..3].iter().map(Bytes::len).sum();
+    (path, prefix, prefix + batches[3].len())
+}
+
+#[test]
+fn an_fsynced_prefix_is_not_read_again_and_the_tail_after_it_is_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, prefix, last_start) = five_batches_three_fsynced(dir.path());
+    // A flipped byte inside the trusted prefix's records is not seen: recovery did not read them (the fsync
+    // vouched for them). One in the tail is, and cuts it.
+    damage(&path, |d| {
+        d[prefix / 2] ^= 0x01;
+        d[last_start + 70] ^= 0x40;
+    });
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    let report = log.recovery();
+    assert_eq!(report.trusted_bytes, prefix as u64, "{report:?}");
+    assert!(report.truncated_bytes > 0, "{report:?}");
+    assert_eq!(log.log_end_offset(), 12);
+    assert_eq!(all_batches(&log).len(), 4);
+    // Recovery fsynced what it kept and moved the point to its end: the next crash reads nothing.
+    log.append_slice(&batch(9, 1, None), 5).unwrap();
+    drop(log);
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert_eq!(log.recovery().trusted_bytes, last_start as u64);
+    assert_eq!(log.log_end_offset(), 13);
+}
+
+#[test]
+fn a_recovery_point_that_does_not_fit_the_batches_is_ignored() {
+    let points: [(&str, fn(usize) -> String); 4] = [
+        ("off a batch boundary", |prefix| {
+            format!("0 {} 9\n", prefix + 1)
+        }),
+        ("wrong next offset", |prefix| format!("0 {prefix} 8\n")),
+        ("beyond the file", |_| "0 999999999 9\n".to_string()),
+        ("garbage", |_| "0 x\n".to_string()),
+    ];
+    for (name, point) in points {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, prefix, _) = five_batches_three_fsynced(dir.path());
+        std::fs::write(path.join("active-recovery-point"), point(prefix)).unwrap();
+        // Damage inside the would-be prefix: found, because the whole segment is validated.
+        damage(&path, |d| d[prefix / 2] ^= 0x01);
+        let log = Log::open(&path, "t", 0, config()).unwrap();
+        let report = log.recovery();
+        assert_eq!(report.trusted_bytes, 0, "{name}: {report:?}");
+        assert!(report.truncated_bytes > 0, "{name}: {report:?}");
+        assert!(log.log_end_offset() < 9, "{name}");
+    }
+}
+
+#[test]
+fn truncation_forgets_the_recovery_point_before_it_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, _) = five_batches_three_fsynced(dir.path());
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert!(path.join("active-recovery-point").exists());
+    log.truncate_to(3).unwrap();
+    assert!(!path.join("active-recovery-point").exists());
+    // Different batches where the cut ones were, never fsynced, then a crash.
+    for i in 0..3 {
+        log.append_slice(&batch(20 + i, 1, None), 5).unwrap();
+    }
+    let want = all_batches(&log);
+    drop(log);
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert_eq!(log.recovery().trusted_bytes, 0);
+    assert_eq!(all_batches(&log), want);
+    assert_eq!(log.log_end_offset(), 6);
+}

@@ -135,3 +135,54 @@ fn kill_9_loses_no_acknowledged_acks_all_record() {
         assert_eq!(r.offset, i as i64, "offsets are dense after recovery");
     }
 }
+
+/// acks=1 data is fsynced in the background within seconds even when nothing asks for it, and the fsync is
+/// recorded as the active segment's recovery point: after kill -9, recovery then reads only what came after it.
+#[test]
+fn quiet_acks_1_data_is_fsynced_in_the_background_and_survives_kill_9() {
+    let mut b = Broker::start().unwrap();
+    create_topic(&b.bootstrap(), "quiet", 1, &[]);
+    let recs = |from: usize, n: usize| -> Vec<Rec> {
+        (from..from + n)
+            .map(|i| Rec {
+                partition: 0,
+                offset: 0,
+                key: Some(format!("k{i}").into_bytes()),
+                value: Some(vec![i as u8; 100]),
+                headers: vec![],
+                timestamp: None,
+            })
+            .collect()
+    };
+    let p = producer(&b.bootstrap(), &[("acks", "1")]);
+    produce_all(&p, "quiet", &recs(0, 3000));
+    let point_file = b.data.path().join("quiet-0").join("active-recovery-point");
+    let point = || -> Option<Vec<i64>> {
+        let text = std::fs::read_to_string(&point_file).ok()?;
+        text.split_whitespace().map(|s| s.parse().ok()).collect()
+    };
+    // RECOVERY_FLUSH_MS (5 s) after the first unflushed append, plus the 1 s check period.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while point().is_none_or(|p| p.get(2) != Some(&3000)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recovery point for the 3000 records: {:?}",
+            point()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let position = point().unwrap()[1];
+    assert!(position > 3000 * 100, "{position}");
+    produce_all(&p, "quiet", &recs(3000, 1000));
+    drop(p);
+    b.kill9().unwrap();
+    b.restart().unwrap();
+    let got = consume(&b.bootstrap(), "quiet", &[0], 4000);
+    assert_eq!(got.len(), 4000);
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r.offset, i as i64);
+        assert_eq!(r.key.as_deref(), Some(format!("k{i}").as_bytes()));
+    }
+    // Recovery fsynced the rest and moved the point to the end.
+    assert_eq!(point().unwrap()[2], 4000);
+}

@@ -19,6 +19,7 @@
 mod append;
 mod compact;
 mod durability;
+pub use durability::RECOVERY_FLUSH_MS;
 mod open;
 mod retention;
 mod sealer;
@@ -71,6 +72,9 @@ pub struct RecoveryReport {
     pub clean: bool,
     /// Segments read batch by batch with CRC-32C checks (the others were trusted or only shape-checked).
     pub validated_segments: usize,
+    /// Bytes of the active segment below its recovery point: fsynced before the crash, so only their headers
+    /// were read.
+    pub trusted_bytes: u64,
     /// Bytes of torn or corrupt data cut from the tail (preallocated zeros not counted).
     pub truncated_bytes: u64,
     /// Segments deleted because they followed a corrupt one.
@@ -131,6 +135,17 @@ pub struct Log {
     fsyncs: AtomicU64,
     deleted: AtomicBool,
     recovery: RecoveryReport,
+    /// The active segment's recovery point: the newest prefix an fsync covered, and the one last written to disk.
+    points: parking_lot::Mutex<Points>,
+}
+
+/// Invariant: `synced` was fully fsynced, and was recorded in the same `generation` (a truncation bumps it and
+/// clears both, so an fsync that started before a cut never vouches for bytes the cut replaced).
+#[derive(Debug, Default)]
+struct Points {
+    generation: u64,
+    synced: Option<crate::checkpoint::ActivePoint>,
+    written: Option<crate::checkpoint::ActivePoint>,
 }
 
 pub(crate) fn now_ms() -> i64 {

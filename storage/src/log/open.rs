@@ -6,11 +6,13 @@
 //!    indexes without reading their batches, after a cheap spot check; one that fails it is opened the slow way.
 //! 3. Every other segment is read batch by batch (shape, increasing offsets, and unless the log was closed
 //!    cleanly the CRC-32C), its indexes rebuilt, and the file cut at the first bad or torn batch; segments after a
-//!    cut one are deleted, as Kafka does. How many bytes were cut is logged.
+//!    cut one are deleted, as Kafka does. How many bytes were cut is logged. Of the active segment, the prefix
+//!    an fsync covered (the active recovery point, see [`checkpoint::ActivePoint`]) is not read: only its batch
+//!    headers are followed, so recovery reads what was appended since the last fsync, not the whole segment.
 //! 4. Producer state comes from the newest snapshot at or below the recovered log end plus the batch headers
 //!    after it (61 bytes each, cheap).
 //! 5. After an unclean shutdown the active segment is fsynced once, so that everything recovered counts as
-//!    durable.
+//!    durable, and its recovery point moved to its end.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,6 +56,7 @@ impl Log {
             }
         }
         let recovery_point = checkpoint::read_offset(dir, RECOVERY_CHECKPOINT).unwrap_or(0);
+        let active_point = checkpoint::read_active_point(dir);
         let bases = offsets_in(dir, LOG_SUFFIX)?;
         // Indexes whose log is gone (a crash while deleting a segment) would only confuse a later segment of
         // the same base: it recreates them anyway, but a stray one must not be mistaken for a segment.
@@ -67,6 +70,7 @@ impl Log {
 
         let mut segments = BTreeMap::new();
         let mut truncated_bytes = 0u64;
+        let mut trusted_bytes = 0u64;
         let mut validated = 0usize;
         let mut removed = 0usize;
         let mut cut = false;
@@ -87,8 +91,10 @@ impl Log {
             }
             let validate = !clean && (last || base >= recovery_point);
             validated += usize::from(validate);
-            let (seg, rec) = Segment::open(dir, base, &config, last, validate, now)?;
+            let durable = active_point.filter(|_| last);
+            let (seg, rec) = Segment::open(dir, base, &config, last, validate, durable, now)?;
             truncated_bytes += rec.truncated_bytes;
+            trusted_bytes += rec.trusted_bytes;
             cut = rec.cut && !last;
             segments.insert(base, seg);
         }
@@ -111,15 +117,21 @@ impl Log {
             segments.insert(next_offset, seg);
         }
         let producers = rebuild_producers(dir, &segments, next_offset)?;
+        let mut point = None;
         if !clean {
-            // Data a crashed process left in the page cache is on disk from here on.
+            // Data a crashed process left in the page cache is on disk from here on, and the next crash need not
+            // read it again.
             if let Some(active) = segments.values().next_back() {
                 active.sync()?;
+                let p = active.durable_point();
+                checkpoint::write_active_point(dir, &p)?;
+                point = Some(p);
             }
         }
         let recovery = RecoveryReport {
             clean,
             validated_segments: validated,
+            trusted_bytes,
             truncated_bytes,
             segments_removed: removed,
         };
@@ -138,13 +150,14 @@ impl Log {
             clean,
             segments = segments.len(),
             validated,
+            trusted_bytes,
             log_start_offset,
             log_end_offset = next_offset,
             producers = producers.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened log"
         );
-        Ok(Log::assemble(
+        let log = Log::assemble(
             dir,
             topic,
             partition,
@@ -154,7 +167,13 @@ impl Log {
             log_start_offset,
             producers,
             recovery,
-        ))
+        );
+        {
+            let mut points = log.points.lock();
+            points.synced = point;
+            points.written = point;
+        }
+        Ok(log)
     }
 
     /// Creates the log of a new partition in `dir`, which must not exist yet: the folder and an empty active
@@ -224,6 +243,7 @@ impl Log {
             fsyncs: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             recovery,
+            points: parking_lot::Mutex::new(super::Points::default()),
         }
     }
 }

@@ -146,8 +146,10 @@ impl Log {
             checkpoint::clear_clean(&self.dir)?;
             inner.closed = false;
         }
-        // Seals queued before the cut must not write snapshots or checkpoints for offsets that are going away.
+        // Seals queued before the cut must not write snapshots or checkpoints for offsets that are going away,
+        // nor may an earlier fsync vouch for the active segment's bytes the cut replaces.
         let _io = self.sealer.invalidate();
+        self.forget_recovery_point()?;
         let new_end = if offset <= inner.log_start_offset {
             for (_, seg) in std::mem::take(&mut inner.segments) {
                 seg.delete();
