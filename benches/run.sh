@@ -230,5 +230,5 @@ printf "%-58s %-24s %-24s %s\n" "2 rdkafka_performance 100 B acks=1 (records/s)"
 printf "%-58s %-24s %-24s %s\n" "pipeline stateless, events per CPU-second" "$(printf %.0f "$PIPE_STATELESS")" "read-only $(printf %.0f "$PIPE_BASE")/s" "$(ratio "$PIPE_STATELESS" "$PIPE_BASE") (goal >= 2 M)"
 printf "%-58s %-24s %-24s %s\n" "pipeline keyed tumbling count, events per CPU-second" "$(printf %.0f "$PIPE_KEYED")" "read-only $(printf %.0f "$PIPE_BASE")/s" "$(ratio "$PIPE_KEYED" "$PIPE_BASE") (goal >= 1 M)"
 echo
-echo "runs: produce 1 KiB bursts ${P1K[*]} MB/s; consume ${C1K[*]} MB/s; fio ${FIO[*]} MB/s (fsync p99 ${FIO_P99[*]} ms);"
+echo "runs: produce 1 KiB bursts ${P1K[*]} MB/s (broker CPU ${CPU[*]} s/GB); consume ${C1K[*]} MB/s; fio ${FIO[*]} MB/s (fsync p99 ${FIO_P99[*]} ms);"
 echo "      acks=all 5 in flight ${ALL[*]} MB/s (p99 ${ALL_P99[*]} ms); 1 in flight ${ALL1[*]} MB/s (p99 ${ALL1_P99[*]} ms)"

@@ -520,10 +520,11 @@ impl Segment {
         if start + len > self.allocated {
             // Blocks reserved ahead of the writes (beyond the end of the file, which stays where the data ends):
             // a write into a hole makes ext4 reserve and track delayed allocation page by page, which was a
-            // sixth of the broker's CPU per byte ingested. The reservation grows with the segment, from
-            // 64 KiB to 8 MiB, so thousands of quiet partitions reserve little; sealing frees what was not used.
-            // Advice only: where fallocate is refused (ENOSPC included), the write itself reports the problem.
-            let ahead = (start + len).clamp(64 << 10, 8 << 20);
+            // quarter of the broker's CPU per byte ingested. The reservation grows with the segment (an eighth of
+            // it, from 64 KiB to 4 MiB), so quiet partitions reserve little and no partition more than 4 MiB past
+            // its data; sealing frees what was not used. Advice only: where fallocate is refused (ENOSPC
+            // included), the write itself reports the problem.
+            let ahead = ((start + len) / 8).clamp(64 << 10, 4 << 20);
             let end = (start + len + ahead).min(self.capacity);
             if end > self.allocated {
                 let _ = rustix::fs::fallocate(
