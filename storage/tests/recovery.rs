@@ -432,7 +432,8 @@ fn an_fsynced_prefix_is_not_read_again_and_the_tail_after_it_is_validated() {
 
 #[test]
 fn a_recovery_point_that_does_not_fit_the_batches_is_ignored() {
-    let points: [(&str, fn(usize) -> String); 4] = [
+    type Point = fn(usize) -> String;
+    let points: [(&str, Point); 4] = [
         ("off a batch boundary", |prefix| {
             format!("0 {} 9\n", prefix + 1)
         }),
