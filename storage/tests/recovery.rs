@@ -474,3 +474,38 @@ fn truncation_forgets_the_recovery_point_before_it_cuts() {
     assert_eq!(all_batches(&log), want);
     assert_eq!(log.log_end_offset(), 6);
 }
+
+#[test]
+fn a_log_wholly_below_its_recovery_point_reopens_without_a_rewrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    for i in 0..3 {
+        log.append_slice(&batch(i, 3, None), 5).unwrap();
+    }
+    log.flush().unwrap();
+    assert!(log.write_recovery_point().unwrap());
+    let size = std::fs::metadata(path.join("00000000000000000000.log"))
+        .unwrap()
+        .len();
+    drop(log);
+    // Marks the point file so that a rewrite would show.
+    let point = path.join("active-recovery-point");
+    let text = std::fs::read_to_string(&point).unwrap();
+    std::fs::write(&point, format!("{}\n\n", text.trim())).unwrap();
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert_eq!(log.recovery().trusted_bytes, size);
+    assert_eq!(log.log_end_offset(), 9);
+    assert!(
+        std::fs::read_to_string(&point).unwrap().ends_with("\n\n"),
+        "not rewritten"
+    );
+    // It still moves on with the next fsync.
+    log.append_slice(&batch(9, 1, None), 5).unwrap();
+    log.flush().unwrap();
+    assert!(log.write_recovery_point().unwrap());
+    drop(log);
+    let log = Log::open(&path, "t", 0, config()).unwrap();
+    assert_eq!(log.log_end_offset(), 10);
+    assert!(log.recovery().trusted_bytes > size);
+}

@@ -12,7 +12,7 @@
 //! 4. Producer state comes from the newest snapshot at or below the recovered log end plus the batch headers
 //!    after it (61 bytes each, cheap).
 //! 5. After an unclean shutdown the active segment is fsynced once, so that everything recovered counts as
-//!    durable, and its recovery point moved to its end.
+//!    durable, and its recovery point moved to its end; unless the recovery point covered all of it already.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -119,13 +119,19 @@ impl Log {
         let producers = rebuild_producers(dir, &segments, next_offset)?;
         let mut point = None;
         if !clean {
-            // Data a crashed process left in the page cache is on disk from here on, and the next crash need not
-            // read it again.
             if let Some(active) = segments.values().next_back() {
-                active.sync()?;
                 let p = active.durable_point();
-                checkpoint::write_active_point(dir, &p)?;
-                point = Some(p);
+                if active_point == Some(p) || active.is_empty() {
+                    // Everything in it was fsynced before the crash (or there is nothing): no fsync to pay, which
+                    // matters with thousands of quiet partitions, where each one would wait on a journal commit.
+                    point = active_point;
+                } else {
+                    // Data a crashed process left in the page cache is on disk from here on, and the next crash
+                    // need not read it again.
+                    active.sync()?;
+                    checkpoint::write_active_point(dir, &p)?;
+                    point = Some(p);
+                }
             }
         }
         let recovery = RecoveryReport {
