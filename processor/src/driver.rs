@@ -128,6 +128,10 @@ impl TestDriver {
                 self.board.set_idle(p, true);
             }
         }
+        let now = self.now_ms;
+        for t in &mut self.tasks {
+            t.processing_time(now);
+        }
         self.advance_watermark();
     }
 

@@ -45,6 +45,10 @@ pub trait Operator<In>: Send {
     /// The task's watermark moved to `watermark`: no element with an earlier event time is expected any more.
     fn on_watermark(&mut self, _watermark: i64, _out: &mut dyn Collector<Self::Out>) {}
 
+    /// Processing time (wall-clock epoch ms, virtual in the test driver) moved to `now`: for processing-time
+    /// timers and triggers. Called at least every few tens of milliseconds while the pipeline runs.
+    fn on_processing_time(&mut self, _now: i64, _out: &mut dyn Collector<Self::Out>) {}
+
     /// Writes the operator's state into `state` (called at every checkpoint).
     fn on_checkpoint(&mut self, _state: &mut Vec<u8>) {}
 
@@ -69,6 +73,7 @@ pub trait Stage<In>: Send {
     fn process(&mut self, timestamp: i64, item: In, out: &mut dyn Collector<Self::Out>);
     fn start(&mut self, task: &TaskInfo);
     fn watermark(&mut self, watermark: i64, out: &mut dyn Collector<Self::Out>);
+    fn processing_time(&mut self, now: i64, out: &mut dyn Collector<Self::Out>);
     fn snapshot(&mut self, into: &mut TaskState);
     fn restore(&mut self, from: &TaskState) -> Result<()>;
     fn close(&mut self, out: &mut dyn Collector<Self::Out>);
@@ -130,6 +135,13 @@ impl<In, O: Operator<In>> Stage<In> for Named<O> {
             n: &mut self.records_out,
         };
         self.op.on_watermark(watermark, &mut c);
+    }
+    fn processing_time(&mut self, now: i64, out: &mut dyn Collector<O::Out>) {
+        let mut c = Counting {
+            inner: out,
+            n: &mut self.records_out,
+        };
+        self.op.on_processing_time(now, &mut c);
     }
     fn snapshot(&mut self, into: &mut TaskState) {
         let mut buf = Vec::new();
@@ -209,6 +221,15 @@ impl<In, A: Stage<In>, B: Stage<A::Out>> Stage<In> for Chain<A, B> {
         self.first.watermark(watermark, &mut pipe);
         self.second.watermark(watermark, out);
     }
+    fn processing_time(&mut self, now: i64, out: &mut dyn Collector<B::Out>) {
+        let mut pipe = Pipe {
+            next: &mut self.second,
+            out: &mut *out,
+            _t: std::marker::PhantomData,
+        };
+        self.first.processing_time(now, &mut pipe);
+        self.second.processing_time(now, out);
+    }
     fn snapshot(&mut self, into: &mut TaskState) {
         self.first.snapshot(into);
         self.second.snapshot(into);
@@ -242,6 +263,7 @@ impl<T> Stage<T> for Identity {
     }
     fn start(&mut self, _task: &TaskInfo) {}
     fn watermark(&mut self, _watermark: i64, _out: &mut dyn Collector<T>) {}
+    fn processing_time(&mut self, _now: i64, _out: &mut dyn Collector<T>) {}
     fn snapshot(&mut self, _into: &mut TaskState) {}
     fn restore(&mut self, _from: &TaskState) -> Result<()> {
         Ok(())
@@ -261,6 +283,9 @@ impl<In, Out> Stage<In> for Box<dyn Stage<In, Out = Out>> {
     }
     fn watermark(&mut self, watermark: i64, out: &mut dyn Collector<Out>) {
         (**self).watermark(watermark, out)
+    }
+    fn processing_time(&mut self, now: i64, out: &mut dyn Collector<Out>) {
+        (**self).processing_time(now, out)
     }
     fn snapshot(&mut self, into: &mut TaskState) {
         (**self).snapshot(into)

@@ -519,6 +519,7 @@ fn run_task(
             task.accept(s);
         }
         task.watermark(watermark);
+        task.processing_time(now);
 
         shared.pending_bytes[i].store(task.output().bytes, Ordering::Relaxed);
         let pending: usize = shared

@@ -221,6 +221,8 @@ pub trait TaskCore: Send {
     /// Processes elements another task shipped here.
     fn accept(&mut self, shipment: Shipment);
     fn watermark(&mut self, watermark: i64);
+    /// Processing time moved to `now` (epoch ms; virtual in the test driver).
+    fn processing_time(&mut self, now: i64);
     fn snapshot(&mut self) -> TaskState;
     fn output(&mut self) -> &mut TaskOutput;
     /// The largest event time this task's partition has produced.
@@ -332,6 +334,12 @@ impl<M: Send + 'static> TaskCore for Task<M> {
         self.with_source(|source, router| source.watermark(watermark, router));
         self.process_local();
         self.keyed.watermark(watermark, &mut self.out);
+    }
+
+    fn processing_time(&mut self, now: i64) {
+        self.with_source(|source, router| source.processing_time(now, router));
+        self.process_local();
+        self.keyed.processing_time(now, &mut self.out);
     }
 
     fn snapshot(&mut self) -> TaskState {
