@@ -47,7 +47,7 @@ fn read_all(log: &Log) -> u64 {
 /// Runs `job` over the whole source; the time from its start to its last output being appended (the final
 /// stop, which has nothing left to commit, is not timed).
 fn run(host: &Arc<LocalHost>, rt: &tokio::runtime::Runtime, job: Job, expect: u64) -> Duration {
-    let sink = host.topic(&job.sink_topic().name, Some(1)).expect("sink");
+    let sink = host.topic(&job.sinks()[0].name, Some(1)).expect("sink");
     let started = Instant::now();
     let p = millrace_processor::start(&job, host.clone(), rt.handle().clone()).expect("start");
     let deadline = started + Duration::from_secs(300);

@@ -23,164 +23,262 @@
 //! ```
 //!
 //! Virtual processing time starts at 0 and moves only with [`TestDriver::advance_time`]; it decides when a
-//! quiet partition becomes idle. Each [`TestDriver::send`] runs the record through every step, the shuffle
-//! and the watermark before it returns.
+//! quiet partition becomes idle, and operators see it (on_processing_time) before the first element. Each
+//! [`TestDriver::send`] runs the record through every stage of the graph, the exchanges and the watermarks
+//! before it returns. The driver runs the job's parallelism (by default one task per partition of the
+//! largest source), so key groups and exchanges behave as in the broker.
 
+use std::sync::Arc;
+
+use crate::checkpoint::{distribute, state_entries, StateEntry};
+use crate::error::{Error, Result};
+use crate::graph::GraphSpec;
+use crate::keygroup::KeyGroups;
 use crate::metrics::PipelineMetrics;
-use crate::operator::{TaskInfo, TaskState};
 use crate::pipeline::Job;
 use crate::record::{Message, OutRecord};
 use crate::source::for_each_record;
-use crate::task::{OutputLayout, Shipment, TaskCore};
+use crate::task::{OutputLayout, SourceWatermark, Task};
 use crate::watermark::WatermarkBoard;
 
-/// What [`TestDriver::checkpoint`] captures: enough to build a driver that continues where this one was.
+/// What [`TestDriver::checkpoint`] captures: enough to build a driver that continues where this one was,
+/// at the same or another parallelism.
 #[derive(Debug, Clone)]
 pub struct DriverSnapshot {
-    tasks: Vec<TaskState>,
+    max_parallelism: usize,
+    state: Vec<StateEntry>,
+    /// Largest event time per source partition (board order).
     max_ts: Vec<i64>,
 }
 
+impl DriverSnapshot {
+    /// The state entries, as a checkpoint would hold them.
+    pub fn state(&self) -> &[StateEntry] {
+        &self.state
+    }
+}
+
 pub struct TestDriver {
-    tasks: Vec<Box<dyn TaskCore>>,
+    graph: Arc<GraphSpec>,
+    groups: KeyGroups,
+    tasks: Vec<Task>,
     board: WatermarkBoard,
+    /// The board index of each source's partition 0, and each source's partition count.
+    base: Vec<usize>,
+    partitions: Vec<usize>,
+    max_ts: Vec<i64>,
     now_ms: i64,
     last_data_ms: Vec<i64>,
     offsets: Vec<i64>,
     idle_timeout_ms: i64,
-    outputs: Vec<OutRecord>,
-    late: Vec<OutRecord>,
+    /// (output index, record), in the order written.
+    written: Vec<(usize, OutRecord)>,
     read: u64,
 }
 
 impl TestDriver {
-    /// A driver for `job` reading a source topic of `partitions` partitions.
+    /// A driver for `job` whose every source topic has `partitions` partitions.
     pub fn new(job: &Job, partitions: usize) -> TestDriver {
-        let n = partitions.max(1);
-        let layout = OutputLayout {
-            sink_partitions: 1,
-            late_partitions: 1,
-        };
-        let tasks = (0..n)
-            .map(|i| {
-                let mut t = (job.make_task)(TaskInfo { index: i, tasks: n }, layout);
-                t.start();
-                t
-            })
-            .collect();
-        TestDriver {
-            tasks,
-            board: WatermarkBoard::new(n, job.settings().out_of_orderness_ms),
-            now_ms: 0,
-            last_data_ms: vec![0; n],
-            offsets: vec![0; n],
-            idle_timeout_ms: job.settings().idle_timeout_ms,
-            outputs: Vec::new(),
-            late: Vec::new(),
-            read: 0,
-        }
+        let n = job.graph.sources.len();
+        TestDriver::with_partitions(job, &vec![partitions.max(1); n])
     }
 
-    /// A driver that continues from `snapshot` (as the runtime does after a restart).
-    pub fn restore(
-        job: &Job,
-        partitions: usize,
-        snapshot: &DriverSnapshot,
-    ) -> crate::Result<TestDriver> {
-        let mut d = TestDriver::new(job, partitions);
-        for (i, t) in d.tasks.iter_mut().enumerate() {
-            if let Some(s) = snapshot.tasks.get(i) {
-                t.restore(s)?;
-            }
-            if let Some(ts) = snapshot.max_ts.get(i) {
-                t.set_max_ts(*ts);
-                d.board.observe(i, *ts);
-            }
+    /// A driver for `job` whose sources have `partitions[i]` partitions each (missing ones: 1).
+    pub fn with_partitions(job: &Job, partitions: &[usize]) -> TestDriver {
+        let graph = job.graph.clone();
+        let partitions: Vec<usize> = (0..graph.sources.len())
+            .map(|s| partitions.get(s).copied().unwrap_or(1).max(1))
+            .collect();
+        let groups = job.key_groups(&partitions);
+        let layout = OutputLayout {
+            partitions: vec![1; graph.outputs.len()],
+        };
+        let tasks = (0..groups.parallelism)
+            .map(|i| Task::new(graph.clone(), i, groups, layout.clone()))
+            .collect();
+        let mut base = Vec::with_capacity(partitions.len());
+        let mut total = 0;
+        for p in &partitions {
+            base.push(total);
+            total += p;
         }
+        let mut d = TestDriver {
+            graph,
+            groups,
+            tasks,
+            board: WatermarkBoard::new(total, job.settings().out_of_orderness_ms),
+            base,
+            partitions,
+            max_ts: vec![i64::MIN; total],
+            now_ms: 0,
+            last_data_ms: vec![0; total],
+            offsets: vec![0; total],
+            idle_timeout_ms: job.settings().idle_timeout_ms,
+            written: Vec::new(),
+            read: 0,
+        };
+        d.settle();
+        d
+    }
+
+    /// A driver that continues from `snapshot` (as the runtime does after a restart), with `job`'s
+    /// parallelism, which may differ from the snapshot's.
+    pub fn restore(job: &Job, partitions: usize, snapshot: &DriverSnapshot) -> Result<TestDriver> {
+        let n = job.graph.sources.len();
+        TestDriver::restore_with_partitions(job, &vec![partitions.max(1); n], snapshot)
+    }
+
+    pub fn restore_with_partitions(
+        job: &Job,
+        partitions: &[usize],
+        snapshot: &DriverSnapshot,
+    ) -> Result<TestDriver> {
+        let mut d = TestDriver::with_partitions(job, partitions);
+        if snapshot.max_parallelism != d.groups.max_parallelism && !snapshot.state.is_empty() {
+            return Err(Error::Invalid(format!(
+                "the snapshot has {} key groups and the pipeline {}: max parallelism cannot change",
+                snapshot.max_parallelism, d.groups.max_parallelism
+            )));
+        }
+        let per_task = distribute(&snapshot.state, &d.groups);
+        for (t, s) in d.tasks.iter_mut().zip(&per_task) {
+            t.restore(s)?;
+        }
+        for (i, ts) in snapshot.max_ts.iter().enumerate().take(d.max_ts.len()) {
+            d.max_ts[i] = *ts;
+            d.board.observe(i, *ts);
+        }
+        d.settle();
         Ok(d)
     }
 
-    /// Runs one record read from source partition `partition` through the pipeline.
-    pub fn send(&mut self, partition: usize, mut m: Message) {
-        let p = partition % self.tasks.len();
+    /// Runs one record read from partition `partition` of the first source through the pipeline.
+    pub fn send(&mut self, partition: usize, m: Message) {
+        self.send_to(0, partition, m)
+    }
+
+    /// Runs one record read from partition `partition` of source `source` (in the order the sources were
+    /// added) through the pipeline.
+    pub fn send_to(&mut self, source: usize, partition: usize, mut m: Message) {
+        let Some(base) = self.base.get(source) else {
+            return;
+        };
+        let p = partition % self.partitions[source];
+        let idx = base + p;
         m.partition = p as i32;
-        m.offset = self.offsets[p];
-        self.offsets[p] += 1;
+        m.offset = self.offsets[idx];
+        self.offsets[idx] += 1;
         self.read += 1;
-        self.tasks[p].feed(m);
-        let mut shipped: Vec<(usize, Shipment)> = Vec::new();
-        self.tasks[p].ship(&mut |target, s| shipped.push((target, s)));
-        self.tasks[p].process_local();
-        for (target, s) in shipped {
-            self.tasks[target].accept(s);
-        }
-        self.last_data_ms[p] = self.now_ms;
-        self.board.observe(p, self.tasks[p].max_ts());
-        self.board.set_idle(p, false);
-        self.advance_watermark();
+        let task = idx % self.tasks.len();
+        let ts = self.tasks[task].feed(source, m);
+        self.max_ts[idx] = self.max_ts[idx].max(ts);
+        self.last_data_ms[idx] = self.now_ms;
+        self.board.observe(idx, self.max_ts[idx]);
+        self.board.set_idle(idx, false);
+        self.settle();
     }
 
     /// Moves processing time forward: partitions quiet for the idle timeout stop holding the watermark back.
     pub fn advance_time(&mut self, ms: i64) {
         self.now_ms = self.now_ms.saturating_add(ms.max(0));
-        for p in 0..self.tasks.len() {
+        for p in 0..self.max_ts.len() {
             if self.now_ms - self.last_data_ms[p] >= self.idle_timeout_ms {
                 self.board.set_idle(p, true);
             }
         }
-        let now = self.now_ms;
-        for t in &mut self.tasks {
-            t.processing_time(now);
-        }
-        self.advance_watermark();
+        self.settle();
     }
 
-    fn advance_watermark(&mut self) {
-        let wm = self.board.current();
-        for t in &mut self.tasks {
-            t.watermark(wm);
+    fn source_watermarks(&self) -> Vec<SourceWatermark> {
+        self.base
+            .iter()
+            .zip(&self.partitions)
+            .map(|(b, n)| self.board.source(*b..b + n))
+            .collect()
+    }
+
+    /// Runs every stage of every task, in order, with the watermarks of now.
+    fn settle(&mut self) {
+        let wms = self.source_watermarks();
+        let now = self.now_ms;
+        for stage in 0..self.graph.stages {
+            for t in 0..self.tasks.len() {
+                if let Err(e) = self.tasks[t].run_stage(stage, Some(&wms), Some(now)) {
+                    panic!("test driver: {e}");
+                }
+                let shipped: Vec<_> = self.tasks[t].take_outgoing().collect();
+                for (target, node, port, batch) in shipped {
+                    if let Some(task) = self.tasks.get_mut(target) {
+                        task.deliver(node, port, batch);
+                    }
+                }
+            }
         }
         self.collect();
     }
 
-    /// Moves every task's pending output batches into `outputs` and `late`, decoded back into records.
+    /// Moves every task's pending output batches into `written`, decoded back into records.
     fn collect(&mut self) {
         for t in &mut self.tasks {
-            for (slot, out) in t.output().take().into_iter().enumerate() {
-                let into = if slot == 0 {
-                    &mut self.outputs
-                } else {
-                    &mut self.late
-                };
+            let slots = t.output().slot_outputs();
+            for ((output, _), out) in slots.into_iter().zip(t.output().take()) {
                 for (_, batch) in out.batches {
+                    let written = &mut self.written;
                     // The driver's own batches: always well formed.
-                    let _ = for_each_record(&batch, 0, 0, |m| into.push(m.into()));
+                    let _ = for_each_record(&batch, 0, 0, |m| written.push((output, m.into())));
                 }
             }
         }
     }
 
-    /// The pipeline's watermark now.
+    /// The watermark of the whole pipeline now (the minimum over its active source partitions).
     pub fn watermark(&self) -> i64 {
         self.board.current()
     }
 
-    /// Takes the records written to the sink topic so far.
-    pub fn outputs(&mut self) -> Vec<OutRecord> {
-        std::mem::take(&mut self.outputs)
+    fn take_where(&mut self, keep: impl Fn(usize) -> bool) -> Vec<OutRecord> {
+        let (taken, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.written)
+            .into_iter()
+            .partition(|(o, _)| keep(*o));
+        self.written = rest;
+        taken.into_iter().map(|(_, r)| r).collect()
     }
 
-    /// Takes the records written to the late topic so far.
+    /// Takes the records written to every sink topic so far.
+    pub fn outputs(&mut self) -> Vec<OutRecord> {
+        let graph = self.graph.clone();
+        self.take_where(|o| !graph.outputs[o].topic.name.is_empty() && !graph.outputs[o].late)
+    }
+
+    /// Takes the records written to sink (or late) topic `topic` so far.
+    pub fn outputs_of(&mut self, topic: &str) -> Vec<OutRecord> {
+        let graph = self.graph.clone();
+        self.take_where(|o| graph.outputs[o].topic.name == topic)
+    }
+
+    /// Takes the records written to the late topics so far.
     pub fn late(&mut self) -> Vec<OutRecord> {
-        std::mem::take(&mut self.late)
+        let graph = self.graph.clone();
+        self.take_where(|o| graph.outputs[o].late)
     }
 
     /// Snapshots every task, as a checkpoint would.
     pub fn checkpoint(&mut self) -> DriverSnapshot {
-        DriverSnapshot {
-            tasks: self.tasks.iter_mut().map(|t| t.snapshot()).collect(),
-            max_ts: self.tasks.iter().map(|t| t.max_ts()).collect(),
+        let mut state = Vec::new();
+        for t in &mut self.tasks {
+            let i = t.index();
+            state_entries(i, t.snapshot(), &mut state);
         }
+        DriverSnapshot {
+            max_parallelism: self.groups.max_parallelism,
+            state,
+            max_ts: self.max_ts.clone(),
+        }
+    }
+
+    /// How many tasks the driver runs.
+    pub fn parallelism(&self) -> usize {
+        self.tasks.len()
     }
 
     pub fn metrics(&self) -> PipelineMetrics {

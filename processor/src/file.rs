@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use crate::aggregate::{Avg, Count, Max, Min, Sum};
 use crate::error::{Error, Result};
-use crate::pipeline::{After, Job, Pipeline, Stream};
+use crate::pipeline::{Job, Pipeline, Stream};
 use crate::record::{Message, OutRecord, WindowResult};
 use crate::window::Window;
 
@@ -549,11 +549,9 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
     job.map_err(|e| Error::File(format!("{}: {e}", cx.path)))
 }
 
-type KeyedRecord = (Bytes, (Bytes, JsonRecord));
-
 /// Writes window results as `{"window_start": .., "window_end": .., "<op>": ..}` keyed by the window's key.
-fn finish<V: Send + 'static>(
-    s: After<KeyedRecord, WindowResult<Bytes, V>>,
+fn finish<V: Clone + Send + 'static>(
+    s: Stream<WindowResult<Bytes, V>>,
     topic: String,
     partitions: Option<i32>,
     name: &'static str,

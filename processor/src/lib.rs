@@ -4,13 +4,16 @@
 //! # Components
 //!
 //! ```text
-//! pipeline.rs     the typed API: Pipeline::new(..).source(..).map/filter/flat_map/key_by/window/aggregate/sink
+//! pipeline.rs     the typed API: sources and tables, map/filter/flat_map/split/union, key_by, windows,
+//!                 aggregations, joins, sinks: a graph, built into a Job
+//! graph/          the graph (nodes, edges, stages) and its nodes as a task runs them (node.rs)
+//! keygroup.rs     key groups: how keyed state is split so that it can move between tasks
 //! file.rs         pipeline files (TOML): parsed, checked with line numbers, built into the same Job
 //! operator.rs     the Operator trait (process + lifecycle hooks), Collector, Stage, Named, Chain
 //! ops/            built-in operators: map, filter, flat_map, window (keyed window aggregation)
 //! window.rs       tumbling, hopping and session windows      aggregate.rs   count, sum, min, max, avg, fold, reduce
 //! watermark.rs    per-partition watermarks, minimum over partitions, idle partitions
-//! task.rs         one task: the source-side and keyed-side stages, routing by key, pending outputs
+//! task.rs         one task: every node of the graph for the key groups it owns, queues, pending outputs
 //! runtime.rs      tasks on threads over storage; stop-the-world checkpoints that commit exactly once
 //! checkpoint.rs   what a checkpoint holds        state.rs   state encoding (StateCodec, Key)
 //! driver.rs       TestDriver: deterministic, virtual time, no broker
@@ -35,6 +38,8 @@ pub mod checkpoint;
 pub mod driver;
 pub mod error;
 pub mod file;
+pub mod graph;
+pub mod keygroup;
 pub mod local;
 pub mod metrics;
 pub mod nexmark;
@@ -53,9 +58,10 @@ pub mod window;
 pub use aggregate::{Aggregator, Avg, Count, Fold, Max, Min, Reduce, Sum};
 pub use driver::TestDriver;
 pub use error::{Error, Result};
+pub use keygroup::KeyGroups;
 pub use metrics::{OperatorMetrics, PipelineMetrics};
 pub use operator::{Collector, Operator, TaskInfo};
-pub use pipeline::{Job, Pipeline, TopicSpec};
+pub use pipeline::{Job, KeyedStream, Pipeline, Stream, Table, TopicSpec, WindowedStream};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
 pub use state::{Key, StateCodec, StateReader, StateWriter};

@@ -1,12 +1,17 @@
-//! The typed pipeline API, in the style of Flink's DataStream:
+//! The typed pipeline API, in the style of Flink's DataStream: a pipeline is a dataflow graph of sources,
+//! steps and sinks.
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use millrace_processor::{Count, Message, OutRecord, Pipeline, Window};
 //!
-//! let job = Pipeline::new("clicks_per_user")
-//!     .source("clicks")
-//!     .filter(|m: &Message| m.key.is_some())
+//! let p = Pipeline::new("clicks_per_user");
+//! let clicks = p.source("clicks");
+//! // A branch: every click with a key goes on unchanged to `clicks_keyed`...
+//! let keyed = clicks.filter(|m: &Message| m.key.is_some());
+//! keyed.clone().to("clicks_keyed", |m: Message| m.into());
+//! // ...and is counted per user in 10-second windows.
+//! let job = keyed
 //!     .key_by(|m: &Message| m.key.clone().unwrap_or_default())
 //!     .window(Window::tumbling(Duration::from_secs(10)))
 //!     .late_topic("clicks_per_user.late")
@@ -16,44 +21,50 @@
 //!     .unwrap();
 //! ```
 //!
-//! Every operator gets a stable id (`<position>.<kind>`, or the name given with `.uid(..)` right after it): its
-//! state is found again by that id after a restart, so reordering steps of a running pipeline loses their state,
-//! renaming one with `.uid` does not.
+//! `sink` adds a sink and builds the whole graph made so far; `to` adds a sink without building (for
+//! pipelines with several), and [`Pipeline::build`] builds. A [`Stream`] is a cheap handle: cloning it and
+//! adding steps to each clone branches the stream.
 //!
-//! A pipeline runs one task per partition of its source topic. Steps before `key_by` run in the task of the
-//! partition they read; `key_by` sends each element to the task that owns its key (Kafka's default partitioner
-//! over the task count), where windows and aggregations keep their state.
+//! Every step gets a stable id (`<position>.<kind>`, or the name given with `.uid(..)` right after it): its
+//! state is found again by that id after a restart, so reordering steps of a running pipeline loses their
+//! state, renaming one with `.uid` does not.
+//!
+//! A pipeline runs `parallelism` tasks (by default as many as its largest source has partitions); the
+//! partitions of every source are spread over them. Steps before `key_by` run in the task that read the
+//! record; `key_by` sends each element to the task owning its key group (of `max_parallelism`, default 128),
+//! where windows, aggregations, joins and custom keyed operators keep their state per key group.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::marker::PhantomData;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::aggregate::Aggregator;
 use crate::error::{Error, Result};
-use crate::operator::{Chain, Identity, Named, Operator, Stage, TaskInfo};
+use crate::graph::node::{
+    ForwardNode, ForwardPort, KeyExchange, KeyedNode, KeyedPort, Port, SinkNode, SourceNode,
+};
+use crate::graph::{
+    Edge, Exchange, GraphSpec, NodeFactory, NodeInit, NodeSpec, OutputSpec, SourceSpec,
+};
+use crate::keygroup::{KeyGroups, DEFAULT_MAX_PARALLELISM};
+use crate::operator::{Identity, Named, Operator, Stage};
 use crate::ops::window::LateFn;
-use crate::ops::{Filter, FlatMap, Map, WindowAggregate};
-use crate::partitioner::partition_for;
+use crate::ops::{Filter, FlatMap, Map, TableAggregate, WindowAggregate};
 use crate::record::{Message, OutRecord, WindowResult};
 use crate::state::Key;
-use crate::task::{EventTimeFn, OutputLayout, RouteFn, Task, TaskCore};
 use crate::window::Window;
 
-type Factory<I, O> = Arc<dyn Fn() -> Box<dyn Stage<I, Out = O>> + Send + Sync>;
-
-/// A topic a pipeline writes, and the partition count to create it with if it is missing (None: the broker's
-/// default).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicSpec {
-    pub name: String,
-    pub partitions: Option<i32>,
-}
+pub use crate::graph::TopicSpec;
 
 /// Settings shared by every step of one pipeline.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub name: String,
-    pub source: TopicSpec,
-    pub event_time: Option<EventTimeFn>,
     pub out_of_orderness_ms: i64,
     /// A partition caught up for this long stops holding the watermark back.
     pub idle_timeout_ms: i64,
@@ -64,317 +75,621 @@ pub struct Settings {
     /// exactly-once still holds across a crash of the process (kill -9: the page cache survives), not across a
     /// crash of the machine.
     pub checkpoint_fsync: bool,
-    pub late: Option<TopicSpec>,
-    /// One line per step, for `millrace pipeline check`.
-    pub plan: Vec<String>,
+    /// How many tasks run the pipeline (None: as many as the largest source has partitions).
+    pub parallelism: Option<usize>,
+    /// How many key groups keyed state is split into: the most tasks the pipeline can ever be rescaled to.
+    /// Fixed for the life of the pipeline's state.
+    pub max_parallelism: usize,
+}
+
+/// The graph under construction, shared by every handle of one pipeline.
+struct Builder {
+    settings: Settings,
+    nodes: Vec<NodeSpec>,
+    sources: Vec<SourceSpec>,
+    outputs: Vec<OutputSpec>,
     error: Option<String>,
 }
 
-impl std::fmt::Debug for Settings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Settings")
-            .field("name", &self.name)
-            .field("source", &self.source)
-            .field("plan", &self.plan)
-            .finish_non_exhaustive()
+type Shared = Rc<RefCell<Builder>>;
+
+impl Builder {
+    fn fail(&mut self, e: impl Into<String>) {
+        self.error.get_or_insert(e.into());
+    }
+
+    fn add(
+        &mut self,
+        kind: &str,
+        detail: String,
+        inputs: Vec<Edge>,
+        keyed: bool,
+        factory: NodeFactory,
+    ) -> usize {
+        let id = format!("{}.{kind}", self.nodes.len() + 1);
+        self.nodes.push(NodeSpec {
+            id,
+            detail,
+            inputs,
+            factory,
+            keyed,
+            late: None,
+            sink: None,
+            source: None,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// The index of output `topic` (one per topic name; several sinks may write one topic).
+    fn output(&mut self, topic: TopicSpec, late: bool) -> usize {
+        if let Some(i) = self.outputs.iter().position(|o| o.topic.name == topic.name) {
+            if self.outputs[i].late != late {
+                self.fail(format!(
+                    "topic {} is both a sink and a late-record topic",
+                    topic.name
+                ));
+            }
+            if self.outputs[i].topic.partitions.is_none() {
+                self.outputs[i].topic.partitions = topic.partitions;
+            }
+            return i;
+        }
+        self.outputs.push(OutputSpec { topic, late });
+        self.outputs.len() - 1
+    }
+
+    fn build(&self) -> Result<Job> {
+        if let Some(e) = &self.error {
+            return Err(Error::Invalid(e.clone()));
+        }
+        let s = &self.settings;
+        if s.name.is_empty() {
+            return Err(Error::Invalid("a pipeline needs a name".into()));
+        }
+        if self.sources.is_empty() {
+            return Err(Error::Invalid("a pipeline needs a source topic".into()));
+        }
+        if !self.outputs.iter().any(|o| !o.late) {
+            return Err(Error::Invalid("a pipeline needs a sink".into()));
+        }
+        for o in &self.outputs {
+            if self
+                .sources
+                .iter()
+                .any(|src| src.topic.name == o.topic.name)
+            {
+                return Err(Error::Invalid(format!(
+                    "pipeline {} reads and writes topic {}: a loop",
+                    s.name, o.topic.name
+                )));
+            }
+        }
+        let mut ids = HashSet::new();
+        for n in &self.nodes {
+            if !ids.insert(n.id.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "two steps have the id {}: uids must be unique",
+                    n.id
+                )));
+            }
+        }
+        let graph = GraphSpec::new(
+            self.nodes.clone(),
+            self.sources.clone(),
+            self.outputs.clone(),
+        )?;
+        Ok(Job {
+            settings: self.settings.clone(),
+            graph: Arc::new(graph),
+        })
     }
 }
 
-impl Settings {
-    fn next_id(&mut self, kind: &str, detail: String) -> String {
-        let id = format!("{}.{kind}", self.plan.len() + 1);
-        self.plan.push(format!("{id}: {detail}"));
-        id
-    }
-
-    fn rename_last(&mut self, uid: &str) -> Option<String> {
-        let last = self.plan.last_mut()?;
-        let (old, rest) = last.split_once(": ")?;
-        let old = old.to_string();
-        *last = format!("{uid}: {rest}");
-        Some(old)
-    }
-}
-
-/// The start of a pipeline: its name (which names its checkpoints) and settings.
+/// A pipeline under construction: its name (which names its checkpoints), settings and sources.
 pub struct Pipeline {
-    settings: Settings,
+    b: Shared,
 }
 
 impl Pipeline {
     pub fn new(name: impl Into<String>) -> Pipeline {
         Pipeline {
-            settings: Settings {
-                name: name.into(),
-                source: TopicSpec {
-                    name: String::new(),
-                    partitions: None,
+            b: Rc::new(RefCell::new(Builder {
+                settings: Settings {
+                    name: name.into(),
+                    out_of_orderness_ms: 0,
+                    idle_timeout_ms: 5_000,
+                    checkpoint_interval_ms: 1_000,
+                    checkpoint_max_pending_bytes: 16 << 20,
+                    checkpoint_fsync: true,
+                    parallelism: None,
+                    max_parallelism: DEFAULT_MAX_PARALLELISM,
                 },
-                event_time: None,
-                out_of_orderness_ms: 0,
-                idle_timeout_ms: 5_000,
-                checkpoint_interval_ms: 1_000,
-                checkpoint_max_pending_bytes: 16 << 20,
-                checkpoint_fsync: true,
-                late: None,
-                plan: Vec::new(),
+                nodes: Vec::new(),
+                sources: Vec::new(),
+                outputs: Vec::new(),
                 error: None,
-            },
+            })),
         }
     }
 
-    /// How often state, offsets and outputs are committed (default 1 s). Outputs become visible at commits.
-    pub fn checkpoint_interval(mut self, d: Duration) -> Self {
-        self.settings.checkpoint_interval_ms = d.as_millis().clamp(1, 3_600_000) as i64;
+    fn set(self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(&mut self.b.borrow_mut().settings);
         self
+    }
+
+    /// How often state, offsets and outputs are committed (default 1 s). Outputs become visible at commits.
+    pub fn checkpoint_interval(self, d: Duration) -> Self {
+        self.set(|s| s.checkpoint_interval_ms = d.as_millis().clamp(1, 3_600_000) as i64)
     }
 
     /// Whether checkpoints are fsynced (default true; see [`Settings::checkpoint_fsync`]).
-    pub fn checkpoint_fsync(mut self, fsync: bool) -> Self {
-        self.settings.checkpoint_fsync = fsync;
-        self
+    pub fn checkpoint_fsync(self, fsync: bool) -> Self {
+        self.set(|s| s.checkpoint_fsync = fsync)
     }
 
     /// How long a caught-up partition waits before it stops holding the watermark back (default 5 s).
-    pub fn idle_timeout(mut self, d: Duration) -> Self {
-        self.settings.idle_timeout_ms = d.as_millis().min(i64::MAX as u128) as i64;
-        self
+    pub fn idle_timeout(self, d: Duration) -> Self {
+        self.set(|s| s.idle_timeout_ms = d.as_millis().min(i64::MAX as u128) as i64)
     }
 
     /// How far behind the largest event time seen the watermark stays (default 0).
-    pub fn out_of_orderness(mut self, d: Duration) -> Self {
-        self.settings.out_of_orderness_ms = d.as_millis().min(i64::MAX as u128) as i64;
-        self
+    pub fn out_of_orderness(self, d: Duration) -> Self {
+        self.set(|s| s.out_of_orderness_ms = d.as_millis().min(i64::MAX as u128) as i64)
+    }
+
+    /// How many tasks run the pipeline (default: the largest source partition count). It may change between
+    /// runs: keyed state moves with its key groups.
+    pub fn parallelism(self, n: usize) -> Self {
+        self.set(|s| s.parallelism = Some(n.max(1)))
+    }
+
+    /// How many key groups keyed state is split into (default 128, at most 32768). It cannot change while
+    /// the pipeline has state.
+    pub fn max_parallelism(self, n: usize) -> Self {
+        self.set(|s| s.max_parallelism = n.clamp(1, crate::keygroup::MAX_KEY_GROUPS))
     }
 
     /// Reads `topic`; event time is the record timestamp unless [`Stream::event_time`] says otherwise.
-    pub fn source(self, topic: impl Into<String>) -> Stream<Message> {
+    pub fn source(&self, topic: impl Into<String>) -> Stream<Message> {
         self.source_with_partitions(topic, None)
     }
 
     /// Reads `topic`, creating it with `partitions` partitions if it is missing.
     pub fn source_with_partitions(
-        mut self,
+        &self,
         topic: impl Into<String>,
         partitions: Option<i32>,
     ) -> Stream<Message> {
-        let name = topic.into();
-        self.settings.plan.push(format!("source: topic {name}"));
-        self.settings.source = TopicSpec { name, partitions };
-        let identity: Factory<Message, Message> = Arc::new(|| Box::new(Identity));
+        let node = add_source(&self.b, topic.into(), partitions, false);
+        Stream::at(&self.b, node)
+    }
+
+    /// Reads `topic` (usually compacted) as a table: the latest value per record key, a tombstone (null
+    /// value) deleting it. Records without a key are skipped.
+    pub fn table(&self, topic: impl Into<String>) -> Table<Bytes, Message> {
+        self.table_with_partitions(topic, None)
+    }
+
+    /// Like [`Pipeline::table`], creating the topic with `partitions` partitions if it is missing.
+    pub fn table_with_partitions(
+        &self,
+        topic: impl Into<String>,
+        partitions: Option<i32>,
+    ) -> Table<Bytes, Message> {
+        let node = add_source(&self.b, topic.into(), partitions, true);
+        let s: Stream<Message> = Stream::at(&self.b, node);
+        let changes = s.flat_map(|m: Message| {
+            let key = m.key.clone()?;
+            let value = m.value.is_some().then_some(m);
+            Some((key, value))
+        });
+        Table {
+            b: changes.b,
+            node: changes.node,
+            _t: PhantomData,
+        }
+    }
+
+    /// Builds the graph made so far (every sink added with `to` or `sink`).
+    pub fn build(&self) -> Result<Job> {
+        self.b.borrow().build()
+    }
+}
+
+fn add_source(b: &Shared, name: String, partitions: Option<i32>, table: bool) -> usize {
+    let mut g = b.borrow_mut();
+    let s = g.sources.len();
+    let detail = format!("{} {name}", if table { "table" } else { "source" });
+    let factory: NodeFactory =
+        Arc::new(|_: &NodeInit<'_>| Box::new(SourceNode::<Message>::default()));
+    let node = g.add("source", detail, Vec::new(), false, factory);
+    g.nodes[node].source = Some(s);
+    g.sources.push(SourceSpec {
+        topic: TopicSpec { name, partitions },
+        event_time: None,
+        node,
+        table,
+    });
+    node
+}
+
+fn same<T>(t: T) -> T {
+    t
+}
+
+/// Adds a node running one operator chain per task, fed by forward edges from `inputs`.
+fn forward_node<I, O>(
+    b: &Shared,
+    kind: &str,
+    detail: String,
+    inputs: &[usize],
+    make: impl Fn(&str) -> Box<dyn Stage<I, Out = O>> + Send + Sync + 'static,
+) -> usize
+where
+    I: Clone + Send + 'static,
+    O: Clone + Send + 'static,
+{
+    let ports = inputs.len();
+    let factory: NodeFactory = Arc::new(move |init: &NodeInit<'_>| {
+        let ports: Vec<Box<dyn Port<I>>> = (0..ports)
+            .map(|_| Box::new(ForwardPort::<I, I>::new(same::<I>)) as Box<dyn Port<I>>)
+            .collect();
+        Box::new(ForwardNode::new(make(init.id), ports, init))
+    });
+    let edges = inputs
+        .iter()
+        .map(|&from| Edge {
+            from,
+            exchange: None,
+        })
+        .collect();
+    b.borrow_mut().add(kind, detail, edges, false, factory)
+}
+
+/// The key group of a keyed element.
+fn key_group<K: Key, T>(e: &(K, T), g: &KeyGroups) -> u16 {
+    g.group_of(&e.0.key_bytes())
+}
+
+/// The exchange of `(K, T)` elements by key.
+fn exchange<K: Key, T: Send + 'static>() -> Arc<dyn Exchange> {
+    Arc::new(KeyExchange::<(K, T)>::new(key_group::<K, T>))
+}
+
+/// Adds a node with one operator instance per key group, fed by `inputs` (node, exchange) through `ports`.
+fn keyed_node_with_ports<I, O>(
+    b: &Shared,
+    kind: &str,
+    detail: String,
+    inputs: Vec<(usize, Arc<dyn Exchange>)>,
+    ports: impl Fn() -> Vec<Box<dyn Port<I>>> + Send + Sync + 'static,
+    make: impl Fn(&str) -> Box<dyn Stage<I, Out = O>> + Send + Sync + 'static,
+) -> usize
+where
+    I: 'static,
+    O: Clone + Send + 'static,
+{
+    let factory: NodeFactory = Arc::new(move |init: &NodeInit<'_>| {
+        let id = init.id.to_string();
+        Box::new(KeyedNode::new(&|| make(&id), ports(), init))
+    });
+    let edges = inputs
+        .into_iter()
+        .map(|(from, x)| Edge {
+            from,
+            exchange: Some(x),
+        })
+        .collect();
+    b.borrow_mut().add(kind, detail, edges, true, factory)
+}
+
+/// A keyed node over one keyed input of `(K, T)`.
+fn keyed_node<K: Key, T: Clone + Send + 'static, O: Clone + Send + 'static>(
+    b: &Shared,
+    kind: &str,
+    detail: String,
+    input: usize,
+    make: impl Fn(&str) -> Box<dyn Stage<(K, T), Out = O>> + Send + Sync + 'static,
+) -> usize {
+    keyed_node_with_ports(
+        b,
+        kind,
+        detail,
+        vec![(input, exchange::<K, T>())],
+        || vec![Box::new(KeyedPort::<(K, T), (K, T)>::new(same::<(K, T)>)) as Box<dyn Port<(K, T)>>],
+        make,
+    )
+}
+
+/// A stream of `T`: what a source or a step emits. Cloning the handle branches the stream.
+pub struct Stream<T> {
+    b: Shared,
+    node: usize,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Stream<T> {
+    fn clone(&self) -> Self {
         Stream {
-            settings: self.settings,
-            make: identity,
-            last: None,
+            b: self.b.clone(),
+            node: self.node,
+            _t: PhantomData,
         }
     }
 }
 
-/// Appends operator `op` (made fresh for every task) to a chain.
-fn then<I: 'static, T: 'static, U: 'static, S>(
-    prev: Factory<I, T>,
-    make: impl Fn() -> S + Send + Sync + 'static,
-) -> Factory<I, U>
-where
-    S: Stage<T, Out = U> + 'static,
-{
-    Arc::new(move || {
-        Box::new(Chain {
-            first: prev(),
-            second: make(),
-        })
-    })
-}
-
-/// Where `.uid()` renames the operator just added.
-type Renamer = Arc<parking_lot::Mutex<String>>;
-
-fn named<T, O: Operator<T>>(id: &Renamer, op: O) -> Named<O> {
-    Named::new(id.lock().clone(), op)
-}
-
-macro_rules! stateless_steps {
-    ($stream:ident [$($param:ident),*] [$($field:ident),*]) => {
-        impl<$($param: Send + 'static,)* T: Send + 'static> $stream<$($param,)* T> {
-            /// One element out per element in.
-            pub fn map<U: Send + 'static>(
-                mut self,
-                f: impl Fn(T) -> U + Send + Sync + Clone + 'static,
-            ) -> $stream<$($param,)* U> {
-                let id: Renamer = Arc::new(parking_lot::Mutex::new(self.settings.next_id("map", "map".into())));
-                let rid = id.clone();
-                let make = then(self.make, move || named(&rid, Map(f.clone())));
-                $stream { settings: self.settings, make, last: Some(id) $(, $field: self.$field)* }
-            }
-
-            /// Keeps the elements `f` accepts.
-            pub fn filter(mut self, f: impl Fn(&T) -> bool + Send + Sync + Clone + 'static) -> Self {
-                let id: Renamer = Arc::new(parking_lot::Mutex::new(self.settings.next_id("filter", "filter".into())));
-                let rid = id.clone();
-                let make = then(self.make, move || named(&rid, Filter(f.clone())));
-                $stream { settings: self.settings, make, last: Some(id) $(, $field: self.$field)* }
-            }
-
-            /// Zero or more elements out per element in.
-            pub fn flat_map<U: Send + 'static, I: IntoIterator<Item = U> + 'static>(
-                mut self,
-                f: impl Fn(T) -> I + Send + Sync + Clone + 'static,
-            ) -> $stream<$($param,)* U> {
-                let id: Renamer = Arc::new(parking_lot::Mutex::new(self.settings.next_id("flat_map", "flat_map".into())));
-                let rid = id.clone();
-                let make = then(self.make, move || named(&rid, FlatMap(f.clone())));
-                $stream { settings: self.settings, make, last: Some(id) $(, $field: self.$field)* }
-            }
-
-            /// A custom operator, made fresh by `make` for every task.
-            pub fn process<O>(mut self, make: impl Fn() -> O + Send + Sync + 'static) -> $stream<$($param,)* O::Out>
-            where
-                O: Operator<T> + 'static,
-                O::Out: Send + 'static,
-            {
-                let id: Renamer = Arc::new(parking_lot::Mutex::new(self.settings.next_id("process", "custom operator".into())));
-                let rid = id.clone();
-                let chain = then(self.make, move || named(&rid, make()));
-                $stream { settings: self.settings, make: chain, last: Some(id) $(, $field: self.$field)* }
-            }
-
-            /// Writes every element to `topic` as the record `f` makes of it.
-            pub fn sink(
-                self,
-                topic: impl Into<String>,
-                f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
-            ) -> Result<Job> {
-                self.sink_with_partitions(topic, None, f)
-            }
-
-            /// Gives the operator just added a stable id of your choosing (its state is found by it after a
-            /// restart even if steps before it change).
-            pub fn uid(mut self, uid: &str) -> Self {
-                if let Some(id) = &self.last {
-                    self.settings.rename_last(uid);
-                    *id.lock() = uid.to_string();
-                }
-                self
-            }
-
-            /// Event time from the source record (None: the record's timestamp). Applies at the source, before
-            /// every step.
-            pub fn event_time(mut self, f: impl Fn(&Message) -> Option<i64> + Send + Sync + 'static) -> Self {
-                self.settings.event_time = Some(Arc::new(f));
-                self
-            }
+impl<T: Clone + Send + 'static> Stream<T> {
+    fn at(b: &Shared, node: usize) -> Self {
+        Stream {
+            b: b.clone(),
+            node,
+            _t: PhantomData,
         }
-    };
-}
+    }
 
-/// A stream before any key_by: its steps run in the task of the partition they read.
-pub struct Stream<T> {
-    settings: Settings,
-    make: Factory<Message, T>,
-    last: Option<Renamer>,
-}
+    fn then<U: Clone + Send + 'static>(
+        self,
+        kind: &str,
+        detail: String,
+        make: impl Fn(&str) -> Box<dyn Stage<T, Out = U>> + Send + Sync + 'static,
+    ) -> Stream<U> {
+        let node = forward_node(&self.b, kind, detail, &[self.node], make);
+        Stream::at(&self.b, node)
+    }
 
-stateless_steps!(Stream [] []);
+    /// One element out per element in.
+    pub fn map<U: Clone + Send + 'static>(
+        self,
+        f: impl Fn(T) -> U + Send + Sync + Clone + 'static,
+    ) -> Stream<U> {
+        self.then("map", "map".into(), move |id| {
+            Box::new(Named::new(id, Map(f.clone())))
+        })
+    }
 
-impl<T: Send + 'static> Stream<T> {
-    /// Sends each element to the task owning its key, where windows keep per-key state.
+    /// Keeps the elements `f` accepts.
+    pub fn filter(self, f: impl Fn(&T) -> bool + Send + Sync + Clone + 'static) -> Stream<T> {
+        self.then("filter", "filter".into(), move |id| {
+            Box::new(Named::new(id, Filter(f.clone())))
+        })
+    }
+
+    /// Zero or more elements out per element in.
+    pub fn flat_map<U: Clone + Send + 'static, I: IntoIterator<Item = U> + 'static>(
+        self,
+        f: impl Fn(T) -> I + Send + Sync + Clone + 'static,
+    ) -> Stream<U> {
+        self.then("flat_map", "flat_map".into(), move |id| {
+            Box::new(Named::new(id, FlatMap(f.clone())))
+        })
+    }
+
+    /// A custom operator, made fresh by `make` for every task.
+    pub fn process<O>(self, make: impl Fn() -> O + Send + Sync + 'static) -> Stream<O::Out>
+    where
+        O: Operator<T> + 'static,
+        O::Out: Clone + Send + 'static,
+    {
+        self.then("process", "custom operator".into(), move |id| {
+            Box::new(Named::new(id, make()))
+        })
+    }
+
+    /// Splits the stream by `f`: the elements it accepts, and the others.
+    pub fn split(
+        self,
+        f: impl Fn(&T) -> bool + Send + Sync + Clone + 'static,
+    ) -> (Stream<T>, Stream<T>) {
+        let g = f.clone();
+        let yes = self.clone().filter(f);
+        let no = self.filter(move |t| !g(t));
+        (yes, no)
+    }
+
+    /// The elements of both streams, as they come.
+    pub fn union(self, other: Stream<T>) -> Stream<T> {
+        self.union_all(vec![other])
+    }
+
+    /// The elements of this stream and of every one of `others`.
+    pub fn union_all(self, others: Vec<Stream<T>>) -> Stream<T> {
+        let mut inputs = vec![self.node];
+        inputs.extend(others.iter().map(|s| s.node));
+        let node = forward_node(&self.b, "union", "union".into(), &inputs, |_| {
+            Box::new(Identity) as Box<dyn Stage<T, Out = T>>
+        });
+        Stream::at(&self.b, node)
+    }
+
+    /// Sends each element to the task owning its key, where windows, joins and keyed operators keep per-key
+    /// state.
     pub fn key_by<K: Key>(
-        mut self,
+        self,
         f: impl Fn(&T) -> K + Send + Sync + Clone + 'static,
     ) -> KeyedStream<K, T> {
-        let id = self.settings.next_id("key_by", "key_by".into());
-        let rid: Renamer = Arc::new(parking_lot::Mutex::new(id));
-        let make = then(self.make, move || {
+        let keyed = self.then("key_by", "key_by".into(), move |id| {
             let f = f.clone();
-            named(&rid, Map(move |t: T| (f(&t), t)))
+            Box::new(Named::new(id, Map(move |t: T| (f(&t), t))))
         });
         KeyedStream {
-            settings: self.settings,
-            make,
+            b: keyed.b,
+            node: keyed.node,
+            _t: PhantomData,
         }
+    }
+
+    /// Writes every element to `topic` as the record `f` makes of it, and builds the pipeline (every sink
+    /// added so far included).
+    pub fn sink(
+        self,
+        topic: impl Into<String>,
+        f: impl Fn(T) -> OutRecord + Send + Sync + 'static,
+    ) -> Result<Job> {
+        self.sink_with_partitions(topic, None, f)
     }
 
     /// Like `sink`, creating the topic with `partitions` partitions if it is missing.
     pub fn sink_with_partitions(
-        mut self,
+        self,
         topic: impl Into<String>,
         partitions: Option<i32>,
-        f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
+        f: impl Fn(T) -> OutRecord + Send + Sync + 'static,
     ) -> Result<Job> {
-        let topic = topic.into();
-        let id = self.settings.next_id("sink", format!("topic {topic}"));
-        let make = then(self.make, move || Named::new(id.clone(), Map(f.clone())));
-        let keyed: Factory<OutRecord, OutRecord> = Arc::new(|| Box::new(Identity));
-        Job::new(
-            self.settings,
+        let b = self.b.clone();
+        self.to_with_partitions(topic, partitions, f);
+        let job = b.borrow().build();
+        job
+    }
+
+    /// Writes every element to `topic` (one more sink; build with [`Pipeline::build`] or a later `sink`).
+    pub fn to(&self, topic: impl Into<String>, f: impl Fn(T) -> OutRecord + Send + Sync + 'static) {
+        self.to_with_partitions(topic, None, f)
+    }
+
+    /// Like `to`, creating the topic with `partitions` partitions if it is missing.
+    pub fn to_with_partitions(
+        &self,
+        topic: impl Into<String>,
+        partitions: Option<i32>,
+        f: impl Fn(T) -> OutRecord + Send + Sync + 'static,
+    ) {
+        let name = topic.into();
+        let f: Arc<dyn Fn(T) -> OutRecord + Send + Sync> = Arc::new(f);
+        let factory: NodeFactory =
+            Arc::new(move |init: &NodeInit<'_>| Box::new(SinkNode::new(f.clone(), init)));
+        let mut g = self.b.borrow_mut();
+        let out = g.output(
             TopicSpec {
-                name: topic,
+                name: name.clone(),
                 partitions,
             },
-            make,
-            keyed,
-            None,
-        )
+            false,
+        );
+        let edges = vec![Edge {
+            from: self.node,
+            exchange: None,
+        }];
+        let node = g.add("sink", format!("sink {name}"), edges, false, factory);
+        g.nodes[node].sink = Some(out);
+    }
+
+    /// Gives the step just added a stable id of your choosing (its state is found by it after a restart even
+    /// if steps before it change).
+    pub fn uid(self, uid: &str) -> Self {
+        self.b.borrow_mut().nodes[self.node].id = uid.to_string();
+        self
+    }
+
+    /// Event time from the source record (None: the record's timestamp). Applies to a source stream, right
+    /// after `source`.
+    pub fn event_time(self, f: impl Fn(&Message) -> Option<i64> + Send + Sync + 'static) -> Self {
+        let mut g = self.b.borrow_mut();
+        match g.nodes[self.node].source {
+            Some(s) => g.sources[s].event_time = Some(Arc::new(f)),
+            None => g.fail("event_time applies to a source stream, right after source()"),
+        }
+        drop(g);
+        self
     }
 }
 
-/// A stream after key_by, before its window.
+/// A stream after key_by: elements `(key, element)`, sent to the task that owns the key.
 pub struct KeyedStream<K, T> {
-    settings: Settings,
-    make: Factory<Message, (K, T)>,
+    b: Shared,
+    node: usize,
+    _t: PhantomData<fn() -> (K, T)>,
 }
 
-fn key_route<K: Key, T>() -> RouteFn<(K, T)> {
-    Arc::new(|m: &(K, T), n| partition_for(&m.0.key_bytes(), n))
+impl<K, T> Clone for KeyedStream<K, T> {
+    fn clone(&self) -> Self {
+        KeyedStream {
+            b: self.b.clone(),
+            node: self.node,
+            _t: PhantomData,
+        }
+    }
 }
 
-impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
+impl<K: Key, T: Clone + Send + 'static> KeyedStream<K, T> {
     pub fn window(self, window: Window) -> WindowedStream<K, T> {
         WindowedStream {
-            settings: self.settings,
-            make: self.make,
+            b: self.b,
+            node: self.node,
             window,
             lateness_ms: 0,
             late: None,
         }
     }
 
-    /// A custom keyed operator, running in the task that owns each key.
-    pub fn process<O>(
-        mut self,
-        make: impl Fn() -> O + Send + Sync + 'static,
-    ) -> After<(K, T), O::Out>
+    /// A custom keyed operator, running in the task that owns each key (one instance per key group).
+    pub fn process<O>(self, make: impl Fn() -> O + Send + Sync + 'static) -> Stream<O::Out>
     where
         O: Operator<(K, T)> + 'static,
-        O::Out: Send + 'static,
+        O::Out: Clone + Send + 'static,
     {
-        let id: Renamer = Arc::new(parking_lot::Mutex::new(
-            self.settings
-                .next_id("process", "custom keyed operator".into()),
-        ));
-        let rid = id.clone();
-        let start: Factory<(K, T), (K, T)> = Arc::new(|| Box::new(Identity));
-        let keyed = then(start, move || named(&rid, make()));
-        After {
-            settings: self.settings,
-            source: self.make,
-            route: key_route::<K, T>(),
-            make: keyed,
-            last: Some(id),
+        let node = keyed_node(
+            &self.b,
+            "process",
+            "custom keyed operator".into(),
+            self.node,
+            move |id| Box::new(Named::new(id, make())),
+        );
+        Stream::at(&self.b, node)
+    }
+
+    /// Aggregates each key's elements into a table (no window): every element emits the key's new value.
+    pub fn aggregate<A: Aggregator<T>>(self, agg: A) -> Table<K, A::Out>
+    where
+        A::Out: Clone + 'static,
+    {
+        let agg = Arc::new(agg);
+        let node = keyed_node(
+            &self.b,
+            "aggregate",
+            "aggregate into a table".into(),
+            self.node,
+            move |id| Box::new(Named::new(id, TableAggregate::<K, T, A>::new(agg.clone()))),
+        );
+        Table {
+            b: self.b,
+            node,
+            _t: PhantomData,
         }
+    }
+
+    /// Combines each key's elements with `f` into a table (no window).
+    pub fn reduce(self, f: impl Fn(&T, &T) -> T + Send + Sync + 'static) -> Table<K, T>
+    where
+        T: crate::state::StateCodec,
+    {
+        let t = self.aggregate(crate::aggregate::Reduce(f));
+        // Reduce emits Some after every element: the Option of its output is always Some.
+        let s = t
+            .to_stream()
+            .flat_map(|(k, v): (K, Option<Option<T>>)| v.flatten().map(|v| (k, Some(v))));
+        Table {
+            b: s.b,
+            node: s.node,
+            _t: PhantomData,
+        }
+    }
+
+    /// Writes the stream back out of the keyed form.
+    pub fn to_stream(self) -> Stream<(K, T)> {
+        Stream::at(&self.b, self.node)
     }
 }
 
 /// A keyed stream with its window, before its aggregation.
 pub struct WindowedStream<K, T> {
-    settings: Settings,
-    make: Factory<Message, (K, T)>,
+    b: Shared,
+    node: usize,
     window: Window,
     lateness_ms: i64,
-    late: Option<LateFn<K, T>>,
+    late: Option<(usize, LateFn<K, T>)>,
 }
 
-impl<K: Key, T: Send + 'static> WindowedStream<K, T> {
+impl<K: Key, T: Clone + Send + 'static> WindowedStream<K, T> {
     /// How long after a window's end its elements are still accepted (default 0). The window is emitted once,
     /// when the watermark passes end + lateness.
     pub fn allowed_lateness(mut self, d: Duration) -> Self {
@@ -389,63 +704,48 @@ impl<K: Key, T: Send + 'static> WindowedStream<K, T> {
         partitions: Option<i32>,
         f: impl Fn(&K, &T, i64) -> OutRecord + Send + Sync + 'static,
     ) -> Self {
-        self.settings.late = Some(TopicSpec {
-            name: topic.into(),
-            partitions,
-        });
-        self.late = Some(Arc::new(f));
+        let out = self.b.borrow_mut().output(
+            TopicSpec {
+                name: topic.into(),
+                partitions,
+            },
+            true,
+        );
+        self.late = Some((out, Arc::new(f)));
         self
     }
 
     /// Aggregates each (key, window) with `agg`.
-    pub fn aggregate<A: Aggregator<T>>(mut self, agg: A) -> After<(K, T), WindowResult<K, A::Out>>
+    pub fn aggregate<A: Aggregator<T>>(self, agg: A) -> Stream<WindowResult<K, A::Out>>
     where
-        A::Out: 'static,
+        A::Out: Clone + 'static,
     {
         let agg = Arc::new(agg);
         let window = self.window;
         let lateness = self.lateness_ms;
         if let Err(e) = window.validate() {
-            self.settings.error.get_or_insert(e);
+            self.b.borrow_mut().fail(e);
         }
-        let late = match self.late {
-            Some(l) => l,
+        let (late_out, late) = match self.late {
+            Some(l) => (Some(l.0), l.1),
             None => {
-                self.settings.error.get_or_insert(
+                self.b.borrow_mut().fail(
                     "a windowed stream needs a late-record topic (late_to / late_topic): late records are \
-                     never dropped silently"
-                        .into(),
+                     never dropped silently",
                 );
-                Arc::new(|_: &K, _: &T, ts| OutRecord::new(None, None, ts))
+                let f: LateFn<K, T> = Arc::new(|_: &K, _: &T, ts| OutRecord::new(None, None, ts));
+                (None, f)
             }
         };
-        let late_name = self
-            .settings
-            .late
-            .as_ref()
-            .map_or(String::from("-"), |t| t.name.clone());
-        let id = self.settings.next_id(
-            "window",
-            format!(
-                "window {window:?}, allowed lateness {lateness} ms, late records to {late_name}"
-            ),
-        );
-        let rid: Renamer = Arc::new(parking_lot::Mutex::new(id));
-        let last = rid.clone();
-        let start: Factory<(K, T), (K, T)> = Arc::new(|| Box::new(Identity));
-        let keyed = then(start, move || {
-            named(
-                &rid,
+        let detail = format!("window {window:?}, allowed lateness {lateness} ms");
+        let node = keyed_node(&self.b, "window", detail, self.node, move |id| {
+            Box::new(Named::new(
+                id,
                 WindowAggregate::new(window, lateness, agg.clone(), late.clone()),
-            )
+            ))
         });
-        After {
-            settings: self.settings,
-            source: self.make,
-            route: key_route::<K, T>(),
-            make: keyed,
-            last: Some(last),
-        }
+        self.b.borrow_mut().nodes[node].late = late_out;
+        Stream::at(&self.b, node)
     }
 }
 
@@ -456,38 +756,42 @@ impl<K: Key, T: Clone + Into<OutRecord> + Send + 'static> WindowedStream<K, T> {
     }
 }
 
-/// A stream on the keyed side of a pipeline (after key_by and its window or keyed operator).
-pub struct After<M, T> {
-    settings: Settings,
-    source: Factory<Message, M>,
-    route: RouteFn<M>,
-    make: Factory<M, T>,
-    last: Option<Renamer>,
+/// A table: a changelog of `(key, Some(value))` updates and `(key, None)` deletions, partitioned by key.
+pub struct Table<K, V> {
+    b: Shared,
+    node: usize,
+    _t: PhantomData<fn() -> (K, V)>,
 }
 
-stateless_steps!(After [M] [source, route]);
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        Table {
+            b: self.b.clone(),
+            node: self.node,
+            _t: PhantomData,
+        }
+    }
+}
 
-impl<M: Send + 'static, T: Send + 'static> After<M, T> {
-    /// Like `sink`, creating the topic with `partitions` partitions if it is missing.
-    pub fn sink_with_partitions(
-        mut self,
-        topic: impl Into<String>,
-        partitions: Option<i32>,
-        f: impl Fn(T) -> OutRecord + Send + Sync + Clone + 'static,
-    ) -> Result<Job> {
-        let topic = topic.into();
-        let id = self.settings.next_id("sink", format!("topic {topic}"));
-        let make = then(self.make, move || Named::new(id.clone(), Map(f.clone())));
-        Job::new(
-            self.settings,
-            TopicSpec {
-                name: topic,
-                partitions,
-            },
-            self.source,
-            make,
-            Some(self.route),
-        )
+impl<K: Key, V: Clone + Send + 'static> Table<K, V> {
+    /// The table's changes as a stream.
+    pub fn to_stream(self) -> Stream<(K, Option<V>)> {
+        Stream::at(&self.b, self.node)
+    }
+
+    /// A table of `f` applied to every value (deletions stay deletions).
+    pub fn map_values<U: Clone + Send + 'static>(
+        self,
+        f: impl Fn(V) -> U + Send + Sync + Clone + 'static,
+    ) -> Table<K, U> {
+        let s = self
+            .to_stream()
+            .map(move |(k, v): (K, Option<V>)| (k, v.map(&f)));
+        Table {
+            b: s.b,
+            node: s.node,
+            _t: PhantomData,
+        }
     }
 }
 
@@ -496,69 +800,20 @@ impl<M: Send + 'static, T: Send + 'static> After<M, T> {
 #[derive(Clone)]
 pub struct Job {
     pub(crate) settings: Settings,
-    pub(crate) sink: TopicSpec,
-    pub(crate) make_task: Arc<dyn Fn(TaskInfo, OutputLayout) -> Box<dyn TaskCore> + Send + Sync>,
+    pub(crate) graph: Arc<GraphSpec>,
 }
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
             .field("settings", &self.settings)
-            .field("sink", &self.sink)
+            .field("sources", &self.sources())
+            .field("sinks", &self.sinks())
             .finish_non_exhaustive()
     }
 }
 
 impl Job {
-    fn new<M: Send + 'static>(
-        settings: Settings,
-        sink: TopicSpec,
-        source: Factory<Message, M>,
-        keyed: Factory<M, OutRecord>,
-        route: Option<RouteFn<M>>,
-    ) -> Result<Job> {
-        if let Some(e) = &settings.error {
-            return Err(Error::Invalid(e.clone()));
-        }
-        if settings.name.is_empty() {
-            return Err(Error::Invalid("a pipeline needs a name".into()));
-        }
-        if settings.source.name.is_empty() {
-            return Err(Error::Invalid("a pipeline needs a source topic".into()));
-        }
-        if settings.source.name == sink.name {
-            return Err(Error::Invalid(format!(
-                "pipeline {} reads and writes topic {}: a loop",
-                settings.name, sink.name
-            )));
-        }
-        if settings
-            .late
-            .as_ref()
-            .is_some_and(|l| l.name == sink.name || l.name == settings.source.name)
-        {
-            return Err(Error::Invalid(
-                "the late-record topic must differ from the source and the sink".into(),
-            ));
-        }
-        let et = settings.event_time.clone();
-        let make_task = Arc::new(move |info: TaskInfo, layout: OutputLayout| {
-            Box::new(Task::new(
-                info,
-                source(),
-                keyed(),
-                route.clone(),
-                et.clone(),
-                layout,
-            )) as Box<dyn TaskCore>
-        });
-        Ok(Job {
-            settings,
-            sink,
-            make_task,
-        })
-    }
-
     pub fn name(&self) -> &str {
         &self.settings.name
     }
@@ -567,30 +822,80 @@ impl Job {
         &self.settings
     }
 
-    pub fn sink_topic(&self) -> &TopicSpec {
-        &self.sink
+    pub fn graph(&self) -> &GraphSpec {
+        &self.graph
     }
 
-    /// One line per step: what `millrace pipeline check` prints.
+    /// The topics the pipeline reads, in source order.
+    pub fn sources(&self) -> Vec<&TopicSpec> {
+        self.graph.sources.iter().map(|s| &s.topic).collect()
+    }
+
+    /// The topics the pipeline's sinks write.
+    pub fn sinks(&self) -> Vec<&TopicSpec> {
+        self.graph
+            .outputs
+            .iter()
+            .filter(|o| !o.late)
+            .map(|o| &o.topic)
+            .collect()
+    }
+
+    /// The late-record topics.
+    pub fn late_topics(&self) -> Vec<&TopicSpec> {
+        self.graph
+            .outputs
+            .iter()
+            .filter(|o| o.late)
+            .map(|o| &o.topic)
+            .collect()
+    }
+
+    /// The key groups and task count for sources of `partitions` partitions each.
+    pub fn key_groups(&self, partitions: &[usize]) -> KeyGroups {
+        let p = self
+            .settings
+            .parallelism
+            .unwrap_or_else(|| partitions.iter().copied().max().unwrap_or(1));
+        KeyGroups::new(p, self.settings.max_parallelism)
+    }
+
+    /// The graph and settings: what `millrace pipeline check` prints.
     pub fn plan(&self) -> String {
         let s = &self.settings;
-        let mut out = format!(
-            "pipeline {}\n  tasks: one per partition of {}{}\n",
-            s.name,
-            s.source.name,
-            s.source
-                .partitions
-                .map_or(String::new(), |p| format!(" ({p}, created if missing)"))
+        let mut out = format!("pipeline {}\n", s.name);
+        let parallelism = s.parallelism.map_or_else(
+            || "one per partition of the largest source".to_string(),
+            |p| p.to_string(),
         );
-        for step in &s.plan {
-            out.push_str(&format!("  {step}\n"));
-        }
-        if let Some(l) = &s.late {
-            out.push_str(&format!("  late records: topic {}\n", l.name));
+        out.push_str(&format!(
+            "  tasks: {parallelism}; keyed state in {} key groups\n",
+            s.max_parallelism
+        ));
+        for src in &self.graph.sources {
+            out.push_str(&format!(
+                "  {} {}{}\n",
+                if src.table { "table:" } else { "source:" },
+                src.topic.name,
+                src.topic.partitions.map_or(String::new(), |p| format!(
+                    " ({p} partitions, created if missing)"
+                ))
+            ));
         }
         out.push_str(&format!(
-            "  watermark: max event time - {} ms per partition, minimum over partitions; idle after {} ms\n  \
-             checkpoint: every {} ms (exactly-once: outputs are committed with the checkpoint)\n",
+            "  graph ([stage] id: step <- inputs):\n{}",
+            self.graph.describe()
+        ));
+        for o in &self.graph.outputs {
+            out.push_str(&format!(
+                "  {} {}\n",
+                if o.late { "late records:" } else { "sink:" },
+                o.topic.name
+            ));
+        }
+        out.push_str(&format!(
+            "  watermark: max event time - {} ms per partition, minimum over the inputs of each step; idle \
+             after {} ms\n  checkpoint: every {} ms (exactly-once: outputs are committed with the checkpoint)\n",
             s.out_of_orderness_ms, s.idle_timeout_ms, s.checkpoint_interval_ms
         ));
         out

@@ -1,19 +1,36 @@
-//! Running a pipeline inside the broker: one OS thread per source partition, reading and writing partitions
-//! through the storage layer, with stop-the-world checkpoints that commit state, input offsets and outputs
-//! together (see [`crate::checkpoint`]).
+//! Running a pipeline inside the broker: `parallelism` OS threads, one per task, reading and writing
+//! partitions through the storage layer, with stop-the-world checkpoints that commit state, input offsets and
+//! outputs together (see [`crate::checkpoint`]).
 //!
-//! The loop of task `i`: read a chunk of its partition, run the source-side steps, ship keyed elements to
-//! their owners, publish its partition's event time, then load the pipeline watermark, drain its inbox and run
-//! the keyed steps and the watermark. A checkpoint stops every task between two chunks:
-//! 1. barrier: every task has shipped all it read;
-//! 2. each drains its inbox (nothing more can arrive), barrier: nothing is in flight;
-//! 3. each puts its state, offset and pending outputs in its slot, barrier; the leader fsyncs the previous
-//!    checkpoint's outputs, writes and fsyncs the new checkpoint, appends its outputs, barrier; all resume.
+//! The partitions of every source are spread over the tasks (partition `i` of all sources, counted across
+//! sources, goes to task `i % parallelism`). The loop of a task:
+//! 1. read a chunk of each of its partitions and run stage 0 (the steps before the first key_by); ship what
+//!    crosses a keyed edge to the owning tasks' inboxes; publish its partitions' event times;
+//! 2. for each later stage `s`: load the stage's watermarks (stage 1: the source partitions'; stage s > 1:
+//!    the minimum of what every task published for stage s - 1), drain its inbox for stage s, run the
+//!    stage's nodes and their watermarks, ship, then publish the watermarks it used for stage s.
+//!
+//! A task publishes a stage's watermark only after shipping everything that stage emitted under it, and a
+//! reader loads the watermark before it drains its inbox, so no element is ever overtaken by the watermark
+//! that covers it, however many exchanges it crosses.
+//!
+//! A checkpoint stops every task between two loops:
+//! 1. barrier: every task has shipped all it read (and, at the final checkpoint, closed its nodes);
+//! 2. `stages + 1` rounds of: drain every inbox stage and run it without moving watermarks, ship, barrier.
+//!    Each round moves every element in flight at least one exchange on, so after them nothing is in flight;
+//! 3. each puts its state (by key group), offsets and pending outputs in its slot, barrier; the leader hands
+//!    the checkpoint to the committer thread (which fsyncs the previous checkpoint's outputs, writes and
+//!    fsyncs the new checkpoint, then appends its outputs), barrier; all resume.
 //!
 //! Operators never run concurrently with a snapshot, so the checkpoint is consistent without aligning barriers
 //! in the data streams. Threads are plain OS threads (operators are CPU-bound and must not stall the broker's
 //! async workers); they wait for appends through the log's notifier on the broker's runtime handle.
+//!
+//! Restoring redistributes state: keyed state moves with its key groups to whichever task owns them at the
+//! current parallelism, so a pipeline may restart with more or fewer tasks, or after a source gained
+//! partitions, and loses nothing. Only `max_parallelism` (the number of key groups) is fixed.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +42,16 @@ use millrace_storage::Log;
 use parking_lot::Mutex;
 
 use crate::barrier::Barrier;
-use crate::checkpoint::{Checkpoint, InputPosition, OutputBatch, TaskCheckpoint};
+use crate::checkpoint::{
+    distribute, state_entries, Checkpoint, InputPosition, OutputBatch, StateEntry, TaskCheckpoint,
+};
 use crate::error::{Error, Result};
+use crate::graph::node::Batch;
+use crate::graph::GraphSpec;
 use crate::metrics::PipelineMetrics;
-use crate::operator::{TaskInfo, TaskState};
 use crate::pipeline::{Job, TopicSpec};
 use crate::source::for_each_record;
-use crate::task::{OutputLayout, Shipment, SlotOutput, TaskCore};
+use crate::task::{OutputLayout, SlotOutput, SourceWatermark, Task};
 use crate::watermark::WatermarkBoard;
 
 /// What the processor needs from the broker: topics (created when missing), the pipeline's checkpoint log and
@@ -62,17 +82,29 @@ fn now_ms() -> i64 {
 struct OutputPartition {
     topic: String,
     partition: i32,
+    late: bool,
     log: Arc<Log>,
     /// The last offset appended by the previous checkpoint, to be fsynced before the next one is written.
     unsynced: Option<i64>,
 }
 
+/// One source partition a task reads.
+struct InputPartition {
+    source: usize,
+    topic: String,
+    /// Its index on the watermark board.
+    board: usize,
+    log: Arc<Log>,
+    offset: i64,
+    max_ts: i64,
+    last_data_ms: i64,
+}
+
 /// What a task hands in at a checkpoint.
 #[derive(Default)]
 struct Slot {
-    state: TaskState,
-    next_offset: i64,
-    max_ts: i64,
+    state: Vec<StateEntry>,
+    inputs: Vec<InputPosition>,
     producer_id: i64,
     /// Next sequence per output slot, after `outputs`.
     sequences: Vec<i32>,
@@ -81,10 +113,21 @@ struct Slot {
     operators: Vec<crate::metrics::OperatorMetrics>,
 }
 
+/// An element batch in an inbox: (node, input port, batch).
+type Inbound = (usize, usize, Batch);
+
 struct Shared {
     name: String,
+    graph: Arc<GraphSpec>,
     tasks: usize,
-    inboxes: Vec<Mutex<Vec<Shipment>>>,
+    stages: usize,
+    /// The board range of each source.
+    source_ranges: Vec<std::ops::Range<usize>>,
+    /// Per (task, stage): `inboxes[task * stages + stage]`.
+    inboxes: Vec<Mutex<Vec<Inbound>>>,
+    /// Watermarks each task last used per (stage, task, source), published after it shipped that stage.
+    published_wm: Vec<AtomicI64>,
+    published_idle: Vec<AtomicBool>,
     board: WatermarkBoard,
     barrier: Barrier,
     checkpoint_requested: AtomicBool,
@@ -101,9 +144,71 @@ struct Shared {
     max_pending: usize,
     idle_timeout_ms: i64,
     fsync: bool,
+    max_parallelism: u32,
     /// When the metrics were last logged at info level.
     last_report_ms: AtomicI64,
     rt: tokio::runtime::Handle,
+}
+
+impl Shared {
+    fn pub_index(&self, stage: usize, task: usize, source: usize) -> usize {
+        (stage * self.tasks + task) * self.source_ranges.len() + source
+    }
+
+    /// The source watermarks stage `stage` runs with (see the module documentation).
+    fn stage_watermarks(&self, stage: usize) -> Vec<SourceWatermark> {
+        if stage <= 1 {
+            return self
+                .source_ranges
+                .iter()
+                .map(|r| self.board.source(r.clone()))
+                .collect();
+        }
+        (0..self.source_ranges.len())
+            .map(|src| {
+                let mut w = SourceWatermark {
+                    watermark: i64::MAX,
+                    idle: true,
+                };
+                for t in 0..self.tasks {
+                    let i = self.pub_index(stage - 1, t, src);
+                    w.watermark = w
+                        .watermark
+                        .min(self.published_wm[i].load(Ordering::Acquire));
+                    w.idle &= self.published_idle[i].load(Ordering::Acquire);
+                }
+                w
+            })
+            .collect()
+    }
+
+    fn publish(&self, stage: usize, task: usize, wms: &[SourceWatermark]) {
+        for (src, w) in wms.iter().enumerate() {
+            let i = self.pub_index(stage, task, src);
+            self.published_idle[i].store(w.idle, Ordering::Release);
+            self.published_wm[i].store(w.watermark, Ordering::Release);
+        }
+    }
+
+    /// Hands a task's outgoing batches to the inboxes of their tasks.
+    fn ship(&self, task: &mut Task) {
+        for (target, node, port, batch) in task.take_outgoing() {
+            let stage = self.graph.stage.get(node).copied().unwrap_or(0);
+            if let Some(inbox) = self.inboxes.get(target * self.stages + stage) {
+                inbox.lock().push((node, port, batch));
+            }
+        }
+    }
+
+    /// Moves task `i`'s inbox for `stage` into its queues; whether there was anything.
+    fn drain_inbox(&self, i: usize, stage: usize, task: &mut Task) -> bool {
+        let inbox = std::mem::take(&mut *self.inboxes[i * self.stages + stage].lock());
+        let any = !inbox.is_empty();
+        for (node, port, batch) in inbox {
+            task.deliver(node, port, batch);
+        }
+        any
+    }
 }
 
 /// How often a running pipeline logs its metrics (at info level; every checkpoint logs at debug).
@@ -119,11 +224,10 @@ struct CommitJob {
 struct Committer {
     checkpoint_log: Arc<Log>,
     checkpoint_id: u64,
+    /// Every output partition, in the order of the tasks' output slots.
     outputs: Vec<OutputPartition>,
-    /// The first `sink_partitions` outputs are the sink topic's, the rest the late topic's.
-    sink_partitions: usize,
     /// Input offsets of the last checkpoint (to skip commits with nothing new).
-    committed_offsets: Vec<i64>,
+    committed_offsets: Vec<(String, i32, i64)>,
 }
 
 /// A running pipeline. Dropping it without [`RunningPipeline::stop`] leaves the threads running until the
@@ -137,6 +241,11 @@ pub struct RunningPipeline {
 impl RunningPipeline {
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// How many tasks run the pipeline.
+    pub fn parallelism(&self) -> usize {
+        self.shared.tasks
     }
 
     /// Figures as of the last checkpoint.
@@ -237,58 +346,56 @@ fn holds_batch(log: &Log, from: i64, producer_id: i64, base_sequence: i32) -> Re
 }
 
 /// Starts `job` over the host's storage. Restores the newest checkpoint first, writing any of its outputs a
-/// crash kept from reaching their partitions.
+/// crash kept from reaching their partitions, and redistributing its state over the tasks.
 pub fn start(
     job: &Job,
     host: Arc<dyn Host>,
     rt: tokio::runtime::Handle,
 ) -> Result<RunningPipeline> {
     let settings = job.settings();
-    let sources = topic_logs(&*host, &settings.source)?;
-    let sink = topic_logs(&*host, job.sink_topic())?;
-    let late = match &settings.late {
-        Some(spec) => topic_logs(&*host, spec)?,
-        None => Vec::new(),
-    };
-    let checkpoint_log = host.checkpoint_log(&settings.name)?;
-    let n = sources.len();
-    let layout = OutputLayout {
-        sink_partitions: sink.len(),
-        late_partitions: late.len(),
-    };
-    let late_name = settings
-        .late
-        .as_ref()
-        .map(|t| t.name.clone())
-        .unwrap_or_default();
-    let mut outputs: Vec<OutputPartition> = sink
-        .iter()
-        .enumerate()
-        .map(|(p, log)| (job.sink_topic().name.clone(), p, log))
-        .chain(
-            late.iter()
-                .enumerate()
-                .map(|(p, log)| (late_name.clone(), p, log)),
-        )
-        .map(|(topic, p, log)| OutputPartition {
-            topic,
-            partition: p as i32,
-            log: log.clone(),
-            unsynced: None,
-        })
-        .collect();
+    let graph = job.graph.clone();
+    let name = settings.name.clone();
 
-    let restored = latest_checkpoint(&checkpoint_log, &settings.name)?;
-    let (checkpoint_id, positions, restored_tasks) = match restored {
+    let mut source_logs = Vec::with_capacity(graph.sources.len());
+    for s in &graph.sources {
+        source_logs.push(topic_logs(&*host, &s.topic)?);
+    }
+    let mut outputs: Vec<OutputPartition> = Vec::new();
+    let mut layout = OutputLayout::default();
+    for o in &graph.outputs {
+        let logs = topic_logs(&*host, &o.topic)?;
+        layout.partitions.push(logs.len());
+        for (p, log) in logs.into_iter().enumerate() {
+            outputs.push(OutputPartition {
+                topic: o.topic.name.clone(),
+                partition: p as i32,
+                late: o.late,
+                log,
+                unsynced: None,
+            });
+        }
+    }
+    let checkpoint_log = host.checkpoint_log(&name)?;
+    let partition_counts: Vec<usize> = source_logs.iter().map(Vec::len).collect();
+    let groups = job.key_groups(&partition_counts);
+    let n = groups.parallelism;
+
+    let restored = latest_checkpoint(&checkpoint_log, &name)?;
+    let mut positions: HashMap<(String, i32), (i64, i64)> = HashMap::new();
+    let (checkpoint_id, restored_tasks, state) = match restored {
         Some(c) => {
-            let has_state = c.tasks.iter().any(|t| !t.state.is_empty());
-            if c.inputs.len() != n && has_state {
+            if !c.state.is_empty() && c.max_parallelism == 0 {
                 return Err(Error::Invalid(format!(
-                    "pipeline {}: source topic {} had {} partitions at the last checkpoint and has {n} now; \
-                     keyed state cannot be redistributed",
-                    settings.name,
-                    settings.source.name,
-                    c.inputs.len()
+                    "pipeline {name}: its last checkpoint was written by an older millrace that placed keyed \
+                     state by partition, not by key group; it cannot be restored (delete the pipeline's \
+                     checkpoint topic to start it afresh)"
+                )));
+            }
+            if !c.state.is_empty() && c.max_parallelism as usize != groups.max_parallelism {
+                return Err(Error::Invalid(format!(
+                    "pipeline {name}: its state is split into {} key groups and max_parallelism is now {}; \
+                     max_parallelism cannot change while the pipeline has state",
+                    c.max_parallelism, groups.max_parallelism
                 )));
             }
             for o in &c.outputs {
@@ -297,31 +404,76 @@ pub fn start(
                     .find(|x| x.topic == o.topic && x.partition == o.partition)
                 else {
                     return Err(Error::Invalid(format!(
-                        "pipeline {}: checkpoint output for {}-{} which the pipeline no longer writes",
-                        settings.name, o.topic, o.partition
+                        "pipeline {name}: checkpoint output for {}-{} which the pipeline no longer writes",
+                        o.topic, o.partition
                     )));
                 };
                 if !holds_batch(&out.log, o.search_from, o.producer_id, o.base_sequence)? {
                     out.log.append_slice(&o.batch, now_ms())?;
-                    tracing::info!(pipeline = %settings.name, topic = %o.topic, partition = o.partition,
+                    tracing::info!(pipeline = %name, topic = %o.topic, partition = o.partition,
                         sequence = o.base_sequence, "wrote a checkpointed output batch a crash had kept back");
                 }
             }
-            tracing::info!(pipeline = %settings.name, checkpoint = c.id, "restored checkpoint");
-            (c.id, c.inputs, c.tasks)
+            let first = graph
+                .sources
+                .first()
+                .map(|s| s.topic.name.clone())
+                .unwrap_or_default();
+            for i in &c.inputs {
+                // Format 1 named no topic: its inputs are the only source's.
+                let topic = if i.topic.is_empty() {
+                    first.clone()
+                } else {
+                    i.topic.clone()
+                };
+                positions.insert((topic, i.partition), (i.next_offset, i.max_ts));
+            }
+            tracing::info!(pipeline = %name, checkpoint = c.id, tasks_before = c.parallelism, tasks = n,
+                "restored checkpoint");
+            (c.id, c.tasks, c.state)
         }
         None => (0, Vec::new(), Vec::new()),
     };
 
-    let mut tasks: Vec<Box<dyn TaskCore>> = Vec::with_capacity(n);
-    let mut offsets = Vec::with_capacity(n);
-    let board = WatermarkBoard::new(n, settings.out_of_orderness_ms);
-    for (i, log) in sources.iter().enumerate() {
-        let mut task = (job.make_task)(TaskInfo { index: i, tasks: n }, layout);
-        task.start();
+    // Source partitions, on the board in source order, spread over the tasks.
+    let mut source_ranges = Vec::with_capacity(source_logs.len());
+    let mut parts: Vec<Vec<InputPartition>> = (0..n).map(|_| Vec::new()).collect();
+    let mut board_index = 0;
+    let mut restored_ts = Vec::new();
+    let start_ms = now_ms();
+    for (s, logs) in source_logs.into_iter().enumerate() {
+        let start = board_index;
+        let topic = graph.sources[s].topic.name.clone();
+        for log in logs {
+            let partition = log.partition();
+            let pos = positions.get(&(topic.clone(), partition)).copied();
+            let (offset, max_ts) = pos.unwrap_or((log.log_start_offset(), i64::MIN));
+            restored_ts.push((board_index, max_ts));
+            parts[board_index % n].push(InputPartition {
+                source: s,
+                topic: topic.clone(),
+                board: board_index,
+                log,
+                offset,
+                max_ts,
+                last_data_ms: start_ms,
+            });
+            board_index += 1;
+        }
+        source_ranges.push(start..board_index);
+    }
+    let board = WatermarkBoard::new(board_index, settings.out_of_orderness_ms);
+    for (i, ts) in restored_ts {
+        board.observe(i, ts);
+    }
+
+    let per_task = distribute(&state, &groups);
+    let mut tasks = Vec::with_capacity(n);
+    for (i, restore) in per_task.iter().enumerate() {
+        let mut task = Task::new(graph.clone(), i, groups, layout.clone());
+        task.restore(restore)?;
         match restored_tasks.get(i) {
             Some(t) => {
-                task.restore(&t.state)?;
                 let seqs: Vec<i32> = outputs
                     .iter()
                     .map(|o| {
@@ -338,22 +490,27 @@ pub fn start(
                 task.output().set_producer(host.new_producer_id()?, &seqs);
             }
         }
-        let pos = positions.iter().find(|p| p.partition == i as i32);
-        let offset = pos.map_or(log.log_start_offset(), |p| p.next_offset);
-        if let Some(p) = pos {
-            task.set_max_ts(p.max_ts);
-            board.observe(i, p.max_ts);
-        }
-        offsets.push(offset);
         tasks.push(task);
     }
 
+    let stages = graph.stages;
+    let sources = source_ranges.len();
+    let committed_offsets = committed(&parts);
     // One checkpoint may be committing while the tasks snapshot the next; a third waits (backpressure).
     let (commit_tx, commit_rx) = std::sync::mpsc::sync_channel::<CommitJob>(1);
     let shared = Arc::new(Shared {
-        name: settings.name.clone(),
+        name: name.clone(),
+        graph: graph.clone(),
         tasks: n,
-        inboxes: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
+        stages,
+        source_ranges,
+        inboxes: (0..n * stages).map(|_| Mutex::new(Vec::new())).collect(),
+        published_wm: (0..stages * n * sources)
+            .map(|_| AtomicI64::new(i64::MIN))
+            .collect(),
+        published_idle: (0..stages * n * sources)
+            .map(|_| AtomicBool::new(false))
+            .collect(),
         board,
         barrier: Barrier::new(n),
         checkpoint_requested: AtomicBool::new(false),
@@ -365,12 +522,11 @@ pub fn start(
             checkpoint_log,
             checkpoint_id,
             outputs: std::mem::take(&mut outputs),
-            sink_partitions: layout.sink_partitions,
-            committed_offsets: offsets.clone(),
+            committed_offsets,
         }),
         commits: Mutex::new(Some(commit_tx)),
         metrics: Mutex::new(PipelineMetrics {
-            name: settings.name.clone(),
+            name: name.clone(),
             watermark: i64::MIN,
             ..Default::default()
         }),
@@ -379,22 +535,19 @@ pub fn start(
         max_pending: settings.checkpoint_max_pending_bytes,
         idle_timeout_ms: settings.idle_timeout_ms,
         fsync: settings.checkpoint_fsync,
+        max_parallelism: groups.max_parallelism as u32,
         last_report_ms: AtomicI64::new(now_ms()),
         rt,
     });
 
     let mut threads = Vec::with_capacity(n);
-    for (i, (task, (log, offset))) in tasks
-        .into_iter()
-        .zip(sources.into_iter().zip(offsets))
-        .enumerate()
-    {
+    for (i, (task, parts)) in tasks.into_iter().zip(parts).enumerate() {
         let shared = shared.clone();
         let t = std::thread::Builder::new()
-            .name(format!("pipe-{}-{i}", settings.name))
+            .name(format!("pipe-{name}-{i}"))
             .spawn(move || {
                 let s = shared.clone();
-                let run = std::panic::AssertUnwindSafe(move || run_task(&s, i, task, log, offset));
+                let run = std::panic::AssertUnwindSafe(move || run_task(&s, i, task, parts));
                 if std::panic::catch_unwind(run).is_err() {
                     fail(&shared, Error::Stopped(format!("task {i} panicked")));
                 }
@@ -405,7 +558,7 @@ pub fn start(
     let committer = {
         let shared = shared.clone();
         std::thread::Builder::new()
-            .name(format!("pipe-{}-commit", settings.name))
+            .name(format!("pipe-{name}-commit"))
             .spawn(move || {
                 // Sequential: checkpoint N's outputs are appended before N+1 is written, as the invariants ask.
                 for job in commit_rx {
@@ -419,12 +572,23 @@ pub fn start(
             })
             .map_err(|e| Error::Host(format!("cannot start a pipeline thread: {e}")))?
     };
-    tracing::info!(pipeline = %settings.name, tasks = n, "pipeline started");
+    tracing::info!(pipeline = %name, tasks = n, key_groups = groups.max_parallelism, stages, "pipeline started");
     Ok(RunningPipeline {
         shared,
         threads,
         committer: Some(committer),
     })
+}
+
+/// The input positions of every task's partitions, in task order.
+fn committed(parts: &[Vec<InputPartition>]) -> Vec<(String, i32, i64)> {
+    let mut v: Vec<(String, i32, i64)> = parts
+        .iter()
+        .flatten()
+        .map(|p| (p.topic.clone(), p.log.partition(), p.offset))
+        .collect();
+    v.sort();
+    v
 }
 
 fn fail(shared: &Shared, e: Error) {
@@ -434,22 +598,62 @@ fn fail(shared: &Shared, e: Error) {
     shared.barrier.break_it();
 }
 
-fn run_task(
+/// Reads one chunk of `part` into the task. Ok(true): records were read.
+fn read_partition(
     shared: &Shared,
-    i: usize,
-    mut task: Box<dyn TaskCore>,
-    log: Arc<Log>,
-    mut offset: i64,
-) {
-    let mut last_data_ms = now_ms();
+    task: &mut Task,
+    part: &mut InputPartition,
+    read: &mut u64,
+) -> Result<bool> {
+    loop {
+        match part.log.read(part.offset, READ_BYTES, true) {
+            Ok(slice) if !slice.records.is_empty() => {
+                let partition = part.log.partition();
+                let source = part.source;
+                let mut max_ts = part.max_ts;
+                let next = for_each_record(&slice.records, part.offset, partition, |m| {
+                    *read += 1;
+                    max_ts = max_ts.max(task.feed(source, m));
+                })?;
+                part.max_ts = max_ts;
+                let got = next > part.offset;
+                part.offset = next;
+                return Ok(got);
+            }
+            Ok(_) => return Ok(false),
+            Err(millrace_storage::Error::OffsetOutOfRange { log_start, .. })
+                if part.offset < log_start =>
+            {
+                tracing::warn!(pipeline = %shared.name, topic = %part.topic, partition = part.log.partition(),
+                    from = part.offset, to = log_start,
+                    "input records were deleted by retention before the pipeline read them; skipping ahead");
+                part.offset = log_start;
+            }
+            Err(millrace_storage::Error::OffsetOutOfRange {
+                log_start, log_end, ..
+            }) if part.offset > log_end => {
+                // The partition is shorter than the checkpoint says (the topic was deleted and created again, or
+                // truncated): what is there now is new input, read from its start.
+                tracing::warn!(pipeline = %shared.name, topic = %part.topic, partition = part.log.partition(),
+                    from = part.offset, log_end, to = log_start,
+                    "input partition is shorter than the pipeline's position; reading it from its start");
+                part.offset = log_start;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputPartition>) {
     let mut read: u64 = 0;
+    let stages = shared.stages;
     loop {
         if shared.barrier.is_broken() {
             return;
         }
         if shared.checkpoint_requested.load(Ordering::Acquire) {
             let stopping = shared.stopping.load(Ordering::Acquire);
-            if checkpoint(shared, i, &mut *task, offset, &mut read, stopping).is_err() {
+            if checkpoint(shared, i, &mut task, &parts, &mut read, stopping).is_err() {
                 return;
             }
             if stopping {
@@ -458,68 +662,48 @@ fn run_task(
             continue;
         }
 
+        // Stage 0 runs under the watermarks of before this read (its records are not yet on the board).
+        let now = now_ms();
+        let before = shared.stage_watermarks(0);
         let mut got_data = false;
-        match log.read(offset, READ_BYTES, true) {
-            Ok(slice) if !slice.records.is_empty() => {
-                let partition = log.partition();
-                match for_each_record(&slice.records, offset, partition, |m| {
-                    read += 1;
-                    task.feed(m);
-                }) {
-                    Ok(next) => {
-                        got_data = next > offset;
-                        offset = next;
-                    }
-                    Err(e) => {
-                        fail(shared, e);
-                        return;
+        for part in parts.iter_mut() {
+            match read_partition(shared, &mut task, part, &mut read) {
+                Ok(got) => {
+                    if got {
+                        got_data = true;
+                        part.last_data_ms = now;
+                        shared.board.set_idle(part.board, false);
+                    } else if now - part.last_data_ms >= shared.idle_timeout_ms {
+                        shared.board.set_idle(part.board, true);
                     }
                 }
+                Err(e) => {
+                    fail(shared, e);
+                    return;
+                }
             }
-            Ok(_) => {}
-            Err(millrace_storage::Error::OffsetOutOfRange { log_start, .. })
-                if offset < log_start =>
-            {
-                tracing::warn!(pipeline = %shared.name, partition = i, from = offset, to = log_start,
-                    "input records were deleted by retention before the pipeline read them; skipping ahead");
-                offset = log_start;
-                continue;
-            }
-            Err(millrace_storage::Error::OffsetOutOfRange {
-                log_start, log_end, ..
-            }) if offset > log_end => {
-                // The partition is shorter than the checkpoint says (the topic was deleted and created again, or
-                // truncated): what is there now is new input, read from its start.
-                tracing::warn!(pipeline = %shared.name, partition = i, from = offset, log_end, to = log_start,
-                    "input partition is shorter than the pipeline's position; reading it from its start");
-                offset = log_start;
-                continue;
-            }
-            Err(e) => {
-                fail(shared, e.into());
+        }
+        if let Err(e) = task.run_stage(0, Some(&before), Some(now)) {
+            fail(shared, e);
+            return;
+        }
+        shared.ship(&mut task);
+        for part in &parts {
+            shared.board.observe(part.board, part.max_ts);
+        }
+
+        let mut had_inbox = false;
+        for s in 1..stages {
+            // Loaded before the inbox is drained: every element the watermarks cover is in the inbox by then.
+            let wms = shared.stage_watermarks(s);
+            had_inbox |= shared.drain_inbox(i, s, &mut task);
+            if let Err(e) = task.run_stage(s, Some(&wms), Some(now)) {
+                fail(shared, e);
                 return;
             }
+            shared.ship(&mut task);
+            shared.publish(s, i, &wms);
         }
-        task.ship(&mut |target, shipment| shared.inboxes[target].lock().push(shipment));
-        task.process_local();
-
-        let now = now_ms();
-        shared.board.observe(i, task.max_ts());
-        if got_data {
-            last_data_ms = now;
-            shared.board.set_idle(i, false);
-        } else if now - last_data_ms >= shared.idle_timeout_ms {
-            shared.board.set_idle(i, true);
-        }
-        // The watermark is loaded before the inbox is drained: every element it covers is in the inbox by then.
-        let watermark = shared.board.current();
-        let inbox = std::mem::take(&mut *shared.inboxes[i].lock());
-        let had_inbox = !inbox.is_empty();
-        for s in inbox {
-            task.accept(s);
-        }
-        task.watermark(watermark);
-        task.processing_time(now);
 
         shared.pending_bytes[i].store(task.output().bytes, Ordering::Relaxed);
         let pending: usize = shared
@@ -538,17 +722,23 @@ fn run_task(
             shared.checkpoint_requested.store(true, Ordering::Release);
             continue;
         }
-        if !got_data && !had_inbox {
-            let from = offset;
-            shared.rt.block_on(async {
-                let appended = log.appended().notified();
-                tokio::pin!(appended);
-                appended.as_mut().enable();
-                if log.log_end_offset() > from {
-                    return;
+        if caught_up {
+            match parts.first() {
+                Some(first) => {
+                    let log = first.log.clone();
+                    let from = first.offset;
+                    shared.rt.block_on(async {
+                        let appended = log.appended().notified();
+                        tokio::pin!(appended);
+                        appended.as_mut().enable();
+                        if log.log_end_offset() > from {
+                            return;
+                        }
+                        let _ = tokio::time::timeout(IDLE_POLL, appended).await;
+                    });
                 }
-                let _ = tokio::time::timeout(IDLE_POLL, appended).await;
-            });
+                None => std::thread::sleep(IDLE_POLL),
+            }
         }
     }
 }
@@ -557,34 +747,51 @@ fn run_task(
 fn checkpoint(
     shared: &Shared,
     i: usize,
-    task: &mut dyn TaskCore,
-    offset: i64,
+    task: &mut Task,
+    parts: &[InputPartition],
     read: &mut u64,
     stopping: bool,
 ) -> std::result::Result<(), crate::barrier::Broken> {
     let started = Instant::now();
     shared.barrier.wait()?;
-    let inbox = std::mem::take(&mut *shared.inboxes[i].lock());
-    for s in inbox {
-        task.accept(s);
-    }
-    shared.barrier.wait()?;
     if stopping {
         task.close();
+        shared.ship(task);
+    }
+    for _ in 0..=shared.stages {
+        for s in 1..shared.stages {
+            shared.drain_inbox(i, s, task);
+            if let Err(e) = task.run_stage(s, None, None) {
+                fail(shared, e);
+                return Err(crate::barrier::Broken);
+            }
+            shared.ship(task);
+        }
+        shared.barrier.wait()?;
     }
     {
         let mut operators = Vec::new();
         task.metrics(&mut operators);
+        let mut state = Vec::new();
+        state_entries(i, task.snapshot(), &mut state);
         let out = task.output();
         let outputs = out.take();
         let producer_id = out.producer_id();
         let sequences = out.sequences();
         shared.pending_bytes[i].store(0, Ordering::Relaxed);
+        let inputs = parts
+            .iter()
+            .map(|p| InputPosition {
+                topic: p.topic.clone(),
+                partition: p.log.partition(),
+                next_offset: p.offset,
+                max_ts: p.max_ts,
+            })
+            .collect();
         let mut slots = shared.slots.lock();
         slots[i] = Slot {
-            state: task.snapshot(),
-            next_offset: offset,
-            max_ts: task.max_ts(),
+            state,
+            inputs,
             producer_id,
             sequences,
             outputs,
@@ -612,7 +819,15 @@ fn checkpoint(
 
 fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()> {
     let mut c = shared.committer.lock();
-    let offsets: Vec<i64> = slots.iter().map(|s| s.next_offset).collect();
+    let mut offsets: Vec<(String, i32, i64)> = slots
+        .iter()
+        .flat_map(|s| {
+            s.inputs
+                .iter()
+                .map(|p| (p.topic.clone(), p.partition, p.next_offset))
+        })
+        .collect();
+    offsets.sort();
     let has_outputs = slots
         .iter()
         .any(|s| s.outputs.iter().any(|v| !v.batches.is_empty()));
@@ -648,17 +863,16 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     let mut batches = Vec::new();
     let mut written = 0u64;
     let mut late_written = 0u64;
-    let sink_partitions = c.sink_partitions;
     for (slot_index, out) in c.outputs.iter().enumerate() {
         let search_from = out.log.log_end_offset();
         for s in slots.iter_mut() {
             let Some(slot) = s.outputs.get_mut(slot_index) else {
                 continue;
             };
-            if slot_index < sink_partitions {
-                written += slot.records;
-            } else {
+            if out.late {
                 late_written += slot.records;
+            } else {
+                written += slot.records;
             }
             for (base_sequence, batch) in slot.batches.drain(..) {
                 batches.push(OutputBatch {
@@ -672,22 +886,19 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
             }
         }
     }
-    let state_bytes: usize = slots
-        .iter()
-        .map(|s| s.state.values().map(Vec::len).sum::<usize>())
-        .sum();
+    let mut inputs = Vec::new();
+    let mut state = Vec::new();
+    for s in slots.iter_mut() {
+        inputs.append(&mut s.inputs);
+        state.append(&mut s.state);
+    }
     let checkpoint = Checkpoint {
         pipeline: shared.name.clone(),
         id: c.checkpoint_id + 1,
-        inputs: slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| InputPosition {
-                partition: i as i32,
-                next_offset: s.next_offset,
-                max_ts: s.max_ts,
-            })
-            .collect(),
+        max_parallelism: shared.max_parallelism,
+        parallelism: shared.tasks as u32,
+        inputs,
+        state,
         tasks: slots
             .into_iter()
             .map(|s| TaskCheckpoint {
@@ -698,7 +909,6 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
                     .zip(&s.sequences)
                     .map(|(o, seq)| (o.topic.clone(), o.partition, *seq))
                     .collect(),
-                state: s.state,
             })
             .collect(),
         outputs: batches,
@@ -736,7 +946,7 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     m.checkpoints += 1;
     m.last_checkpoint_micros = started.elapsed().as_micros() as u64;
     m.last_checkpoint_bytes = record.len() as u64;
-    m.state_bytes = state_bytes as u64;
+    m.state_bytes = checkpoint.state_bytes() as u64;
     tracing::debug!(pipeline = %shared.name, checkpoint = checkpoint.id, bytes = record.len(),
         micros = m.last_checkpoint_micros, "checkpoint committed");
     let now = now_ms();

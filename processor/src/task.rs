@@ -1,38 +1,48 @@
-//! One task of a pipeline: the source-side stage for one input partition and the keyed-side stage for one key
-//! group, with the outputs it has produced since the last checkpoint.
+//! One task of a pipeline: a copy of every node of the graph (keyed nodes with the key groups this task
+//! owns), the queues between them, the elements bound for other tasks, and the outputs produced since the
+//! last checkpoint.
 //!
-//! Both the threaded runtime ([`crate::runtime`]) and the [`crate::driver::TestDriver`] drive tasks through the
-//! type-erased [`TaskCore`], so pipelines behave the same under test as in the broker.
+//! Both the threaded runtime ([`crate::runtime`]) and the [`crate::driver::TestDriver`] drive tasks the same
+//! way: `feed` source records, `run_stage` each stage in order with that stage's watermarks, hand
+//! `take_outgoing` to the owning tasks' `deliver`. So pipelines behave the same under test as in the broker.
 //!
-//! Invariants: `local` and `outgoing` are empty between calls of the driving loop (everything fed is passed on
-//! before the watermark is published); outputs stay in `out`, encoded, until a checkpoint takes them.
+//! Invariants: a node's queue holds only batches for it; after `run_stage(s)` the queues of every node of
+//! stage <= s are empty; outputs stay in `out`, encoded, until a checkpoint takes them.
 
-use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use millrace_protocol::records::BatchBuilder;
 
+use crate::graph::node::{Batch, GroupedState, NodeCx, NodeInit};
+use crate::graph::{GraphSpec, NodeCore};
+use crate::keygroup::KeyGroups;
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Collector, Stage, TaskInfo, TaskState};
+use crate::operator::TaskState;
 use crate::partitioner::partition_for;
 use crate::record::{Message, OutRecord};
-
-/// Elements on their way from one task to another (a `Vec<(i64, M)>` inside).
-pub type Shipment = Box<dyn Any + Send>;
 
 /// Extracts an event time from a source record; `None` falls back to the record's timestamp.
 pub type EventTimeFn = Arc<dyn Fn(&Message) -> Option<i64> + Send + Sync>;
 
-/// Picks the task (of `n`) that owns an element after key_by.
-pub type RouteFn<M> = Arc<dyn Fn(&M, usize) -> usize + Send + Sync>;
-type RouteRef<'a, M> = &'a (dyn Fn(&M, usize) -> usize + Send + Sync);
-
-/// Where a pipeline's outputs go: the sink topic's partitions, then the late topic's.
-#[derive(Debug, Clone, Copy)]
+/// Where a pipeline's outputs go: the partition count of every output topic, in the graph's output order.
+#[derive(Debug, Clone, Default)]
 pub struct OutputLayout {
-    pub sink_partitions: usize,
-    pub late_partitions: usize,
+    pub partitions: Vec<usize>,
+}
+
+impl OutputLayout {
+    /// The first slot of each output, and the slot count.
+    fn bases(&self) -> (Vec<usize>, usize) {
+        let mut bases = Vec::with_capacity(self.partitions.len());
+        let mut n = 0;
+        for p in &self.partitions {
+            bases.push(n);
+            n += p;
+        }
+        (bases, n)
+    }
 }
 
 /// The largest output batch built (Kafka's default max.message.bytes is 1 MiB; smaller batches keep the
@@ -67,12 +77,13 @@ impl SlotOutput {
     }
 }
 
-/// Pending outputs, one [`SlotOutput`] per output partition (sink partitions first, then late partitions).
+/// Pending outputs, one [`SlotOutput`] per output partition (the partitions of output 0, then of output 1...).
 /// Records are encoded into batches as they are emitted, so a pending output costs its encoded bytes and holds
 /// no reference to the input batches.
 #[derive(Debug)]
 pub struct TaskOutput {
     layout: OutputLayout,
+    bases: Vec<usize>,
     task: usize,
     producer_id: i64,
     pub slots: Vec<SlotOutput>,
@@ -81,14 +92,14 @@ pub struct TaskOutput {
 }
 
 impl TaskOutput {
-    fn new(layout: OutputLayout, task: usize) -> Self {
+    pub fn new(layout: OutputLayout, task: usize) -> Self {
+        let (bases, slots) = layout.bases();
         TaskOutput {
             layout,
+            bases,
             task,
             producer_id: -1,
-            slots: (0..layout.sink_partitions + layout.late_partitions)
-                .map(|_| SlotOutput::default())
-                .collect(),
+            slots: (0..slots).map(|_| SlotOutput::default()).collect(),
             bytes: 0,
             late_dropped: 0,
         }
@@ -168,207 +179,283 @@ impl TaskOutput {
     }
 }
 
-impl Collector<OutRecord> for TaskOutput {
-    fn emit(&mut self, _timestamp: i64, r: OutRecord) {
-        let n = self.layout.sink_partitions;
-        self.push(0, n, r);
-    }
-    fn late(&mut self, r: OutRecord) {
-        let n = self.layout.late_partitions;
-        if n == 0 {
-            // Only reachable for pipelines built without a late topic, which the builders refuse.
-            self.late_dropped += 1;
-            return;
-        }
-        self.push(self.layout.sink_partitions, n, r);
-    }
-}
-
-/// Routes source-side output to the task that owns its key (or keeps it here).
-struct Router<'a, M> {
-    route: Option<RouteRef<'a, M>>,
-    me: usize,
-    local: &'a mut Vec<(i64, M)>,
-    outgoing: &'a mut [Vec<(i64, M)>],
-    out: &'a mut TaskOutput,
-}
-
-impl<M> Collector<M> for Router<'_, M> {
-    fn emit(&mut self, timestamp: i64, item: M) {
-        let n = self.outgoing.len();
-        let target = self.route.map_or(self.me, |r| r(&item, n));
-        if target == self.me || target >= n {
-            self.local.push((timestamp, item));
-        } else {
-            self.outgoing[target].push((timestamp, item));
+impl TaskOutput {
+    /// Writes `r` to output `output` (None: a step without a late topic sent it, which the builders refuse;
+    /// counted, never silent).
+    pub fn emit_to(&mut self, output: Option<usize>, r: OutRecord) {
+        match output
+            .and_then(|o| Some((self.bases.get(o).copied()?, *self.layout.partitions.get(o)?)))
+        {
+            Some((base, n)) if n > 0 => self.push(base, n, r),
+            _ => self.late_dropped += 1,
         }
     }
-    fn late(&mut self, record: OutRecord) {
-        self.out.late(record);
+
+    /// The output index of every slot.
+    pub fn slot_outputs(&self) -> Vec<(usize, i32)> {
+        let mut v = Vec::with_capacity(self.slots.len());
+        for (o, n) in self.layout.partitions.iter().enumerate() {
+            for p in 0..*n {
+                v.push((o, p as i32));
+            }
+        }
+        v
     }
 }
 
-/// A task, with the element type between its two stages erased.
-pub trait TaskCore: Send {
-    fn start(&mut self);
-    fn restore(&mut self, state: &TaskState) -> crate::Result<()>;
-    /// Runs one source record through the source-side stage; keyed elements for other tasks wait in
-    /// `outgoing` until [`TaskCore::ship`], those for this task in `local` until [`TaskCore::process_local`].
-    fn feed(&mut self, m: Message);
-    /// Hands every element bound for another task to `send(target, shipment)`.
-    fn ship(&mut self, send: &mut dyn FnMut(usize, Shipment));
-    fn process_local(&mut self);
-    /// Processes elements another task shipped here.
-    fn accept(&mut self, shipment: Shipment);
-    fn watermark(&mut self, watermark: i64);
-    /// Processing time moved to `now` (epoch ms; virtual in the test driver).
-    fn processing_time(&mut self, now: i64);
-    fn snapshot(&mut self) -> TaskState;
-    fn output(&mut self) -> &mut TaskOutput;
-    /// The largest event time this task's partition has produced.
-    fn max_ts(&self) -> i64;
-    fn set_max_ts(&mut self, ts: i64);
-    fn close(&mut self);
-    fn metrics(&self, into: &mut Vec<OperatorMetrics>);
+/// The watermark of one source as a stage sees it: the minimum over its active partitions, and whether all of
+/// them are idle (an idle source does not hold back the nodes it feeds, unless all their sources are idle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceWatermark {
+    pub watermark: i64,
+    pub idle: bool,
 }
 
-pub struct Task<M> {
-    info: TaskInfo,
-    source: Box<dyn Stage<Message, Out = M>>,
-    keyed: Box<dyn Stage<M, Out = OutRecord>>,
-    route: Option<RouteFn<M>>,
-    event_time: Option<EventTimeFn>,
+impl SourceWatermark {
+    pub const START: SourceWatermark = SourceWatermark {
+        watermark: i64::MIN,
+        idle: false,
+    };
+}
+
+/// The watermark of a node fed by `sources`: the minimum over those not idle; when all are idle, the largest.
+pub fn combine(sources: &[usize], wms: &[SourceWatermark]) -> i64 {
+    let mut active: Option<i64> = None;
+    let mut all = i64::MIN;
+    for s in sources {
+        let Some(w) = wms.get(*s) else { continue };
+        all = all.max(w.watermark);
+        if !w.idle {
+            active = Some(active.map_or(w.watermark, |a| a.min(w.watermark)));
+        }
+    }
+    active.unwrap_or(all)
+}
+
+/// A batch on its way to another task: (task, node, input port, batch).
+pub type Shipment = (usize, usize, usize, Batch);
+
+/// One task: every node of the graph, instantiated for this task.
+pub struct Task {
+    index: usize,
+    groups: KeyGroups,
+    graph: Arc<GraphSpec>,
+    nodes: Vec<Box<dyn NodeCore>>,
+    /// Batches waiting for each node, with their input port.
+    queues: Vec<Vec<(usize, Batch)>>,
+    /// The watermark each node last saw (watermarks given to operators only grow).
+    node_wm: Vec<i64>,
+    /// Source records read but not yet run, per source (event time, record).
+    fed: Vec<Vec<(i64, Message)>>,
+    outgoing: Vec<Shipment>,
+    scratch: Vec<Batch>,
     out: TaskOutput,
-    local: Vec<(i64, M)>,
-    outgoing: Vec<Vec<(i64, M)>>,
-    max_ts: i64,
 }
 
-impl<M: Send + 'static> Task<M> {
+impl Task {
     pub fn new(
-        info: TaskInfo,
-        source: Box<dyn Stage<Message, Out = M>>,
-        keyed: Box<dyn Stage<M, Out = OutRecord>>,
-        route: Option<RouteFn<M>>,
-        event_time: Option<EventTimeFn>,
+        graph: Arc<GraphSpec>,
+        index: usize,
+        groups: KeyGroups,
         layout: OutputLayout,
-    ) -> Self {
+    ) -> Task {
+        let nodes = graph
+            .nodes
+            .iter()
+            .map(|n| {
+                (n.factory)(&NodeInit {
+                    id: &n.id,
+                    task: index,
+                    groups,
+                    late: n.late,
+                    sink: n.sink,
+                })
+            })
+            .collect();
+        let n = graph.nodes.len();
         Task {
-            info,
-            source,
-            keyed,
-            route,
-            event_time,
-            out: TaskOutput::new(layout, info.index),
-            local: Vec::new(),
-            outgoing: (0..info.tasks).map(|_| Vec::new()).collect(),
-            max_ts: i64::MIN,
+            index,
+            groups,
+            nodes,
+            queues: (0..n).map(|_| Vec::new()).collect(),
+            node_wm: vec![i64::MIN; n],
+            fed: (0..graph.sources.len()).map(|_| Vec::new()).collect(),
+            outgoing: Vec::new(),
+            scratch: Vec::new(),
+            out: TaskOutput::new(layout, index),
+            graph,
         }
     }
-}
 
-impl<M: Send + 'static> Task<M> {
-    /// Runs `f` on the source-side stage with a router over this task's queues.
-    fn with_source(
-        &mut self,
-        f: impl FnOnce(&mut dyn Stage<Message, Out = M>, &mut Router<'_, M>),
-    ) {
-        let mut router = Router {
-            route: self.route.as_deref(),
-            me: self.info.index,
-            local: &mut self.local,
-            outgoing: &mut self.outgoing,
-            out: &mut self.out,
-        };
-        f(&mut *self.source, &mut router);
-    }
-}
-
-impl<M: Send + 'static> TaskCore for Task<M> {
-    fn start(&mut self) {
-        self.source.start(&self.info);
-        self.keyed.start(&self.info);
+    pub fn index(&self) -> usize {
+        self.index
     }
 
-    fn restore(&mut self, state: &TaskState) -> crate::Result<()> {
-        self.source.restore(state)?;
-        self.keyed.restore(state)
+    pub fn stages(&self) -> usize {
+        self.graph.stages
     }
 
-    fn feed(&mut self, m: Message) {
-        let ts = match &self.event_time {
+    /// Queues a record read from source `source`; returns its event time.
+    pub fn feed(&mut self, source: usize, m: Message) -> i64 {
+        let ts = match self
+            .graph
+            .sources
+            .get(source)
+            .and_then(|s| s.event_time.as_ref())
+        {
             Some(f) => f(&m).unwrap_or(m.timestamp),
             None => m.timestamp,
         };
-        self.max_ts = self.max_ts.max(ts);
-        self.with_source(|source, router| source.process(ts, m, router));
+        if let Some(q) = self.fed.get_mut(source) {
+            q.push((ts, m));
+        }
+        ts
     }
 
-    fn ship(&mut self, send: &mut dyn FnMut(usize, Shipment)) {
-        for (target, items) in self.outgoing.iter_mut().enumerate() {
-            if !items.is_empty() {
-                send(target, Box::new(std::mem::take(items)));
-            }
+    /// Queues a batch another task sent to input `port` of `node`.
+    pub fn deliver(&mut self, node: usize, port: usize, batch: Batch) {
+        if let Some(q) = self.queues.get_mut(node) {
+            q.push((port, batch));
         }
     }
 
-    fn process_local(&mut self) {
-        for (ts, item) in self.local.drain(..) {
-            self.keyed.process(ts, item, &mut self.out);
-        }
-    }
-
-    fn accept(&mut self, shipment: Shipment) {
-        match shipment.downcast::<Vec<(i64, M)>>() {
-            Ok(items) => {
-                for (ts, item) in *items {
-                    self.keyed.process(ts, item, &mut self.out);
+    /// Runs every node of stage `stage`, in topological order: its queued batches, then (if given) the
+    /// watermark of its sources and the processing time. What the nodes emit goes to the queues of local
+    /// consumers and, across keyed edges, to `outgoing` for the tasks owning the keys.
+    pub fn run_stage(
+        &mut self,
+        stage: usize,
+        wms: Option<&[SourceWatermark]>,
+        now: Option<i64>,
+    ) -> crate::Result<()> {
+        if stage == 0 {
+            for (s, src) in self.graph.sources.iter().enumerate() {
+                let fed = std::mem::take(&mut self.fed[s]);
+                if !fed.is_empty() {
+                    self.queues[src.node].push((0, Box::new(fed)));
                 }
             }
-            // Tasks of one pipeline share one element type; anything else is a bug in the runtime.
-            Err(_) => tracing::error!(task = self.info.index, "shipment of the wrong type dropped"),
+        }
+        let graph = self.graph.clone();
+        for n in 0..graph.nodes.len() {
+            if graph.stage[n] != stage {
+                continue;
+            }
+            let mut cx = NodeCx { out: &mut self.out };
+            for (port, batch) in self.queues[n].drain(..) {
+                self.nodes[n].push(port, batch, &mut cx)?;
+            }
+            if let Some(wms) = wms {
+                let wm = combine(&graph.upstream[n], wms);
+                if wm > self.node_wm[n] {
+                    self.node_wm[n] = wm;
+                    self.nodes[n].watermark(wm, &mut cx);
+                }
+            }
+            if let Some(now) = now {
+                self.nodes[n].processing_time(now, &mut cx);
+            }
+            self.forward(n);
+        }
+        Ok(())
+    }
+
+    /// Hands what node `n` emitted to its consumers.
+    fn forward(&mut self, n: usize) {
+        let consumers = &self.graph.consumers[n];
+        self.scratch.clear();
+        self.nodes[n].take(consumers.len(), &mut self.scratch);
+        for ((c, port), batch) in consumers.iter().zip(self.scratch.drain(..)) {
+            match &self.graph.nodes[*c].inputs[*port].exchange {
+                None => self.queues[*c].push((*port, batch)),
+                Some(x) => {
+                    let me = self.index;
+                    let queues = &mut self.queues;
+                    let outgoing = &mut self.outgoing;
+                    let ok = x.split(batch, &self.groups, &mut |task, b| {
+                        if task == me {
+                            queues[*c].push((*port, b));
+                        } else {
+                            outgoing.push((task, *c, *port, b));
+                        }
+                    });
+                    if !ok {
+                        tracing::error!(node = %self.graph.nodes[*c].id, "a batch of the wrong type reached an exchange");
+                    }
+                }
+            }
         }
     }
 
-    fn watermark(&mut self, watermark: i64) {
-        self.with_source(|source, router| source.watermark(watermark, router));
-        self.process_local();
-        self.keyed.watermark(watermark, &mut self.out);
+    /// Takes every batch bound for another task.
+    pub fn take_outgoing(&mut self) -> std::vec::Drain<'_, Shipment> {
+        self.outgoing.drain(..)
     }
 
-    fn processing_time(&mut self, now: i64) {
-        self.with_source(|source, router| source.processing_time(now, router));
-        self.process_local();
-        self.keyed.processing_time(now, &mut self.out);
+    /// Whether nothing waits in this task's queues (between two stages of a checkpoint drain).
+    pub fn is_drained(&self) -> bool {
+        self.queues.iter().all(Vec::is_empty) && self.fed.iter().all(Vec::is_empty)
     }
 
-    fn snapshot(&mut self) -> TaskState {
-        let mut state = TaskState::new();
-        self.source.snapshot(&mut state);
-        self.keyed.snapshot(&mut state);
-        state
+    /// Calls every node's close hook, in order, passing on what they emit.
+    pub fn close(&mut self) {
+        let graph = self.graph.clone();
+        for n in 0..graph.nodes.len() {
+            let mut cx = NodeCx { out: &mut self.out };
+            for (port, batch) in self.queues[n].drain(..) {
+                if let Err(e) = self.nodes[n].push(port, batch, &mut cx) {
+                    tracing::error!(error = %e, "while closing");
+                }
+            }
+            self.nodes[n].close(&mut cx);
+            self.forward(n);
+        }
     }
 
-    fn output(&mut self) -> &mut TaskOutput {
+    /// The state of every node, by group (key group, or [`crate::graph::node::TASK_GROUP`] for per-task
+    /// steps).
+    pub fn snapshot(&mut self) -> GroupedState {
+        let mut g = GroupedState::new();
+        for n in &mut self.nodes {
+            n.snapshot(&mut g);
+        }
+        g
+    }
+
+    /// Restores the snapshots this task now holds: key groups it owns, per-task state handed to it.
+    pub fn restore(&mut self, from: &HashMap<i32, Vec<TaskState>>) -> crate::Result<()> {
+        for n in &mut self.nodes {
+            n.restore(from)?;
+        }
+        Ok(())
+    }
+
+    pub fn output(&mut self) -> &mut TaskOutput {
         &mut self.out
     }
 
-    fn max_ts(&self) -> i64 {
-        self.max_ts
+    pub fn metrics(&self, into: &mut Vec<OperatorMetrics>) {
+        for n in &self.nodes {
+            n.metrics(into);
+        }
     }
 
-    fn set_max_ts(&mut self, ts: i64) {
-        self.max_ts = ts;
+    /// The key groups this task owns.
+    pub fn groups(&self) -> std::ops::Range<usize> {
+        self.groups.groups_of(self.index)
     }
+}
 
-    fn close(&mut self) {
-        self.with_source(|source, router| source.close(router));
-        self.process_local();
-        self.keyed.close(&mut self.out);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn metrics(&self, into: &mut Vec<OperatorMetrics>) {
-        self.source.metrics(into);
-        self.keyed.metrics(into);
+    #[test]
+    fn combined_watermark_skips_idle_sources() {
+        let w = |watermark, idle| SourceWatermark { watermark, idle };
+        assert_eq!(combine(&[0, 1], &[w(10, false), w(5, false)]), 5);
+        assert_eq!(combine(&[0, 1], &[w(10, false), w(5, true)]), 10);
+        assert_eq!(combine(&[0, 1], &[w(10, true), w(5, true)]), 10);
+        assert_eq!(combine(&[1], &[w(10, false), w(5, false)]), 5);
     }
 }

@@ -14,6 +14,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
+use crate::task::SourceWatermark;
+
 #[derive(Debug)]
 pub struct WatermarkBoard {
     max_ts: Vec<AtomicI64>,
@@ -51,9 +53,16 @@ impl WatermarkBoard {
 
     /// The pipeline's watermark now.
     pub fn current(&self) -> i64 {
+        self.source(0..self.max_ts.len()).watermark
+    }
+
+    /// The watermark of the partitions `range` (one source's), and whether all of them are idle.
+    pub fn source(&self, range: std::ops::Range<usize>) -> SourceWatermark {
         let mut active_min: Option<i64> = None;
         let mut all_max = i64::MIN;
-        for (ts, idle) in self.max_ts.iter().zip(&self.idle) {
+        let end = range.end.min(self.max_ts.len());
+        let start = range.start.min(end);
+        for (ts, idle) in self.max_ts[start..end].iter().zip(&self.idle[start..end]) {
             let ts = ts.load(Ordering::Acquire);
             let wm = if ts == i64::MIN {
                 i64::MIN
@@ -65,7 +74,10 @@ impl WatermarkBoard {
                 active_min = Some(active_min.map_or(wm, |m| m.min(wm)));
             }
         }
-        active_min.unwrap_or(all_max)
+        SourceWatermark {
+            watermark: active_min.unwrap_or(all_max),
+            idle: active_min.is_none(),
+        }
     }
 }
 

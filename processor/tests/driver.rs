@@ -21,8 +21,11 @@ fn text(b: &Option<Bytes>) -> String {
 }
 
 /// (key, "start-end:value") of window results written by [`result_record`].
+/// Results by key: a watermark step emits its windows in key-group order, which is not key order.
 fn results(out: &[OutRecord]) -> Vec<(String, String)> {
-    out.iter().map(|r| (text(&r.key), text(&r.value))).collect()
+    let mut v: Vec<(String, String)> = out.iter().map(|r| (text(&r.key), text(&r.value))).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
 }
 
 fn result_record<V: std::fmt::Display>(r: WindowResult<Bytes, V>) -> OutRecord {

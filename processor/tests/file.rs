@@ -19,11 +19,11 @@ fn example() -> String {
 fn the_reference_example_counts_clicks_per_user() {
     let job = parse(&example(), "clicks_per_user.toml").expect("valid");
     assert_eq!(job.name(), "clicks_per_user");
-    assert_eq!(job.settings().source.name, "clicks");
-    assert_eq!(job.settings().source.partitions, Some(3));
-    assert_eq!(job.sink_topic().name, "clicks_per_user");
+    assert_eq!(job.sources()[0].name, "clicks");
+    assert_eq!(job.sources()[0].partitions, Some(3));
+    assert_eq!(job.sinks()[0].name, "clicks_per_user");
     assert_eq!(
-        job.settings().late.as_ref().map(|l| l.name.as_str()),
+        job.late_topics().first().map(|l| l.name.as_str()),
         Some("clicks_per_user.late")
     );
     let mut d = TestDriver::new(&job, 3);

@@ -161,31 +161,72 @@ fn checkpointed_outputs_lost_in_a_crash_are_written_on_restart_once() {
     assert_eq!(out[0].log_end_offset(), 2);
 }
 
+/// Counts per key from the records of `out`, by window start: "key@start" -> count.
+fn counts(out: &[Arc<Log>]) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for log in out {
+        for r in read_all(log) {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).to_string();
+            let v: u64 = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                .parse()
+                .unwrap();
+            let prev = m.insert(format!("{key}@{}", r.timestamp / 10_000 * 10_000), v);
+            assert!(prev.is_none(), "a window was written twice");
+        }
+    }
+    m
+}
+
 #[test]
-fn a_checkpoint_for_other_partition_counts_with_state_is_refused() {
+fn restarts_at_another_parallelism_and_partition_count_keep_every_keys_state() {
     let (_dir, _logs, host, rt) = setup();
-    let make = |parts| {
+    let make = |parallelism| {
         Pipeline::new("resize")
             .checkpoint_interval(Duration::from_millis(20))
-            .source_with_partitions("in", Some(parts))
+            .idle_timeout(Duration::from_secs(60))
+            .parallelism(parallelism)
+            .source("in")
             .key_by(|m: &Message| m.key.clone().unwrap_or_default())
             .window(Window::tumbling(Duration::from_secs(10)))
             .late_topic("late")
             .aggregate(Count)
-            .sink("out", |r| {
-                OutRecord::new(Some(r.key), None, r.window_end - 1)
+            .sink_with_partitions("out", Some(2), |r| {
+                OutRecord::new(
+                    Some(r.key),
+                    Some(r.value.to_string().into()),
+                    r.window_end - 1,
+                )
             })
             .unwrap()
     };
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let batch = |ts| -> Vec<(&str, i64)> { keys.iter().map(|k| (k.as_str(), ts)).collect() };
     let input = host.topic("in", Some(1)).unwrap();
-    append(&input[0], &[("a", 1_000)]);
+    append(&input[0], &batch(1_000));
     let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for("the first records", || p.metrics().records_read == 40);
     p.stop().unwrap();
-    // The topic grows a partition: keyed state cannot follow its keys.
-    host.topic("in", Some(2)).unwrap();
-    let e = start(&make(2), host.clone(), rt.handle().clone())
-        .err()
-        .unwrap();
-    assert!(e.to_string().contains("partitions"), "{e}");
+
+    // The topic grows a partition and the pipeline runs 3 tasks: every key's count carries over.
+    let input = host.topic("in", Some(2)).unwrap();
+    append(&input[1], &batch(2_000));
+    let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
+    assert_eq!(p.parallelism(), 3);
+    append(&input[0], &[("z", 12_000)]);
+    append(&input[1], &[("z", 12_000)]);
+    let out = host.topic("out", Some(2)).unwrap();
+    wait_for("the first windows", || counts(&out).len() == 40);
+    p.stop().unwrap();
+    let c = counts(&out);
+    for k in &keys {
+        assert_eq!(c.get(&format!("{k}@0")), Some(&2), "{k}: {c:?}");
+    }
+
+    // Back to one task: the state of all three moves into it.
+    let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
+    append(&input[0], &[("y", 25_000)]);
+    append(&input[1], &[("y", 25_000)]);
+    wait_for("the second windows", || counts(&out).len() == 41);
+    p.stop().unwrap();
+    assert_eq!(counts(&out).get("z@10000"), Some(&2));
 }

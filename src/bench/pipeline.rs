@@ -89,7 +89,7 @@ fn run_job(
     job: Job,
     expect: u64,
 ) -> Result<Measured> {
-    let sink = host.topic(&job.sink_topic().name, Some(1))?;
+    let sink = host.topic(&job.sinks()[0].name, Some(1))?;
     let sink = sink
         .first()
         .ok_or_else(|| anyhow!("no sink partition"))?

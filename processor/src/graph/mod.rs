@@ -1,0 +1,182 @@
+//! The logical dataflow graph of a pipeline: sources, nodes (operators, joins, unions, sinks) and the edges
+//! between them, as the builders ([`crate::pipeline`], [`crate::file`]) make it and every task runs it.
+//!
+//! An edge is *forward* (the consumer runs in the same task as the producer) or *keyed* (an exchange sends
+//! each element to the task that owns its key group). Keyed edges cut the graph into *stages*: a node's stage
+//! is the largest of its inputs' stages, plus one across a keyed edge. Stage 0 holds the sources and the steps
+//! before the first key_by. Tasks run the stages in order and publish a watermark per stage, so an element
+//! that crossed several exchanges is never overtaken by the watermark that covers it (see
+//! [`crate::runtime`]).
+//!
+//! Invariants (checked by [`GraphSpec::new`]):
+//! - nodes are in topological order: every input of node `n` is a node before `n`;
+//! - a keyed node's inputs are all keyed edges, a forward node's all forward edges;
+//! - `stage[n]` is as above and `stages` is one more than the largest stage;
+//! - `upstream[n]` lists the sources whose watermarks node `n` combines (every source it is reachable from).
+
+pub mod node;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::task::EventTimeFn;
+pub use node::{Batch, Exchange, NodeCore, NodeFactory, NodeInit};
+
+/// A topic a pipeline reads or writes, and the partition count to create it with if it is missing (None:
+/// the broker's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: Option<i32>,
+}
+
+/// One input of a node.
+#[derive(Clone)]
+pub struct Edge {
+    pub from: usize,
+    /// Present on a keyed edge: how elements are split by key group.
+    pub exchange: Option<Arc<dyn Exchange>>,
+}
+
+/// One node of the graph.
+#[derive(Clone)]
+pub struct NodeSpec {
+    /// The stable id its state is found by.
+    pub id: String,
+    /// What `pipeline check` prints: "map", "window TUMBLING 60000 ms", ...
+    pub detail: String,
+    pub inputs: Vec<Edge>,
+    pub factory: NodeFactory,
+    /// Whether the node keeps one operator instance per key group (its inputs are keyed edges).
+    pub keyed: bool,
+    /// The output index of its late-record topic.
+    pub late: Option<usize>,
+    /// The output index a sink node writes.
+    pub sink: Option<usize>,
+    /// The source this node is the entry of.
+    pub source: Option<usize>,
+}
+
+/// A source: a topic read from its start (or from the checkpoint), entering the graph at `node`.
+#[derive(Clone)]
+pub struct SourceSpec {
+    pub topic: TopicSpec,
+    pub event_time: Option<EventTimeFn>,
+    pub node: usize,
+    /// Read as a table (a changelog: latest value per key).
+    pub table: bool,
+}
+
+/// A topic the pipeline writes.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub topic: TopicSpec,
+    /// A late-record topic (its records count as late, not as written).
+    pub late: bool,
+}
+
+/// The whole graph, checked and planned.
+#[derive(Clone)]
+pub struct GraphSpec {
+    pub nodes: Vec<NodeSpec>,
+    pub sources: Vec<SourceSpec>,
+    pub outputs: Vec<OutputSpec>,
+    /// For every node, its consumers: (node, input port).
+    pub consumers: Vec<Vec<(usize, usize)>>,
+    pub stage: Vec<usize>,
+    pub stages: usize,
+    pub upstream: Vec<Vec<usize>>,
+}
+
+impl GraphSpec {
+    pub fn new(
+        nodes: Vec<NodeSpec>,
+        sources: Vec<SourceSpec>,
+        outputs: Vec<OutputSpec>,
+    ) -> Result<GraphSpec> {
+        let n = nodes.len();
+        let mut consumers = vec![Vec::new(); n];
+        let mut stage = vec![0usize; n];
+        let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(s) = node.source {
+                upstream[i].push(s);
+            }
+            for (port, e) in node.inputs.iter().enumerate() {
+                if e.from >= i {
+                    return Err(Error::Invalid(format!(
+                        "node {} reads a node defined after it",
+                        node.id
+                    )));
+                }
+                if e.exchange.is_some() != node.keyed {
+                    return Err(Error::Invalid(format!(
+                        "node {}: {} input {port}",
+                        node.id,
+                        if node.keyed {
+                            "a keyed step needs a keyed (key_by) input"
+                        } else {
+                            "a keyed input reaches a step that is not keyed"
+                        }
+                    )));
+                }
+                consumers[e.from].push((i, port));
+                let s = stage[e.from] + usize::from(e.exchange.is_some());
+                stage[i] = stage[i].max(s);
+                let up = upstream[e.from].clone();
+                for s in up {
+                    if !upstream[i].contains(&s) {
+                        upstream[i].push(s);
+                    }
+                }
+            }
+        }
+        for (s, src) in sources.iter().enumerate() {
+            if nodes.get(src.node).and_then(|n| n.source) != Some(s) {
+                return Err(Error::Invalid(format!(
+                    "source {} has no entry node",
+                    src.topic.name
+                )));
+            }
+        }
+        let stages = stage.iter().max().map_or(1, |m| m + 1);
+        Ok(GraphSpec {
+            nodes,
+            sources,
+            outputs,
+            consumers,
+            stage,
+            stages,
+            upstream,
+        })
+    }
+
+    /// The graph as `millrace pipeline check` prints it: one line per node with its inputs.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let inputs: Vec<String> = node
+                .inputs
+                .iter()
+                .map(|e| {
+                    let from = &self.nodes[e.from].id;
+                    if e.exchange.is_some() {
+                        format!("{from} (by key)")
+                    } else {
+                        from.clone()
+                    }
+                })
+                .collect();
+            let _ = write!(out, "  [{}] {}: {}", self.stage[i], node.id, node.detail);
+            if !inputs.is_empty() {
+                let _ = write!(out, " <- {}", inputs.join(", "));
+            }
+            if let Some(l) = node.late {
+                let _ = write!(out, "; late records to {}", self.outputs[l].topic.name);
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
