@@ -3,9 +3,11 @@
 mod filter;
 mod flat_map;
 mod map;
+pub mod temporal_join;
 pub mod window;
 
 pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use map::Map;
+pub use temporal_join::TemporalJoin;
 pub use window::WindowAggregate;
