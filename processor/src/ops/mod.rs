@@ -2,12 +2,14 @@
 
 mod filter;
 mod flat_map;
+pub mod interval_join;
 mod map;
 pub mod temporal_join;
 pub mod window;
 
 pub use filter::Filter;
 pub use flat_map::FlatMap;
+pub use interval_join::IntervalJoin;
 pub use map::Map;
 pub use temporal_join::TemporalJoin;
 pub use window::WindowAggregate;
