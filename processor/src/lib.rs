@@ -57,7 +57,7 @@ pub use error::{Error, Result};
 pub use join::{Either, JoinKind};
 pub use metrics::{OperatorMetrics, PipelineMetrics};
 pub use operator::{Collector, Operator, TaskInfo};
-pub use ops::{IntervalJoin, TemporalJoin};
+pub use ops::{IntervalJoin, TemporalJoin, WindowJoin};
 pub use pipeline::{Job, Pipeline, TopicSpec};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};

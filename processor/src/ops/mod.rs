@@ -6,6 +6,7 @@ pub mod interval_join;
 mod map;
 pub mod temporal_join;
 pub mod window;
+pub mod window_join;
 
 pub use filter::Filter;
 pub use flat_map::FlatMap;
@@ -13,3 +14,4 @@ pub use interval_join::IntervalJoin;
 pub use map::Map;
 pub use temporal_join::TemporalJoin;
 pub use window::WindowAggregate;
+pub use window_join::WindowJoin;
