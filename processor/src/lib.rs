@@ -8,6 +8,7 @@
 //! file.rs         pipeline files (TOML): parsed, checked with line numbers, built into the same Job
 //! operator.rs     the Operator trait (process + lifecycle hooks), Collector, Stage, Named, Chain
 //! ops/            built-in operators: map, filter, flat_map, window (keyed window aggregation)
+//! ops/*_join.rs   joins: temporal (as of the probe's time), interval, window, table-table; join.rs Either, JoinKind
 //! window.rs       tumbling, hopping and session windows      aggregate.rs   count, sum, min, max, avg, fold, reduce
 //! watermark.rs    per-partition watermarks, minimum over partitions, idle partitions
 //! task.rs         one task: the source-side and keyed-side stages, routing by key, pending outputs
@@ -57,7 +58,7 @@ pub use error::{Error, Result};
 pub use join::{Either, JoinKind};
 pub use metrics::{OperatorMetrics, PipelineMetrics};
 pub use operator::{Collector, Operator, TaskInfo};
-pub use ops::{IntervalJoin, TemporalJoin, WindowJoin};
+pub use ops::{IntervalJoin, TableJoin, TemporalJoin, WindowJoin};
 pub use pipeline::{Job, Pipeline, TopicSpec};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
