@@ -9,7 +9,7 @@
 //!   one once `r.ts - lower < w`. The final watermark `i64::MAX` (end of input) expires everything.
 //! - With [`JoinKind::Left`], `Right` or `Full`, an element of a kept side that expires without ever having
 //!   matched is emitted then, as `f(k, Some(l), None)` or `f(k, None, Some(r))`, with its own timestamp.
-//!   Expiries come out in timestamp order (for one watermark, left side first).
+//!   Expiries come out in (timestamp, key, arrival) order, for one watermark the left side first.
 //! - An element that arrives already expired (possible with a negative `upper`, or when it is late) is joined
 //!   against what is held, and if unmatched emitted at once (kept sides), but not stored. Elements behind the
 //!   watermark (`ts < w`) are counted in `late_records`: their partners may have expired already.
@@ -171,9 +171,10 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             if !self.left_expired(ts) {
                 break;
             }
-            let Some((_, keys)) = self.left_at.pop_first() else {
+            let Some((_, mut keys)) = self.left_at.pop_first() else {
                 break;
             };
+            sort_keys(&mut keys);
             for key in keys {
                 let Some(side) = self.left.get_mut(&key) else {
                     continue; // stale: expired already
@@ -199,9 +200,10 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             if !self.right_expired(ts) {
                 break;
             }
-            let Some((_, keys)) = self.right_at.pop_first() else {
+            let Some((_, mut keys)) = self.right_at.pop_first() else {
                 break;
             };
+            sort_keys(&mut keys);
             for key in keys {
                 let Some(side) = self.right.get_mut(&key) else {
                     continue;
@@ -224,6 +226,13 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             }
         }
     }
+}
+
+/// Orders the keys of one expiry bucket, so that expiries come out in the same order on every run, restored
+/// or not (a restore rebuilds the buckets in hash order).
+fn sort_keys<K: Ord>(keys: &mut Vec<K>) {
+    keys.sort_unstable();
+    keys.dedup();
 }
 
 fn write_sides<K: Key, T: StateCodec>(w: &mut StateWriter, sides: &HashMap<K, Side<T>>) {
