@@ -11,6 +11,7 @@
 //! file.rs         pipeline files (TOML): parsed, checked with line numbers, built into the same Job
 //! operator.rs     the Operator trait (process + lifecycle hooks), Collector, Stage, Named, Chain
 //! ops/            built-in operators: map, filter, flat_map, window (keyed window aggregation)
+//! ops/*_join.rs   joins: temporal (as of the probe's time), interval, window, table-table; join.rs Either, JoinKind
 //! window.rs       tumbling, hopping and session windows      aggregate.rs   count, sum, min, max, avg, fold, reduce
 //! watermark.rs    per-partition watermarks, minimum over partitions, idle partitions
 //! task.rs         one task: every node of the graph for the key groups it owns, queues, pending outputs
@@ -40,6 +41,7 @@ pub mod error;
 pub mod file;
 pub mod graph;
 pub mod keygroup;
+pub mod join;
 pub mod local;
 pub mod metrics;
 pub mod nexmark;
@@ -62,6 +64,8 @@ pub use keygroup::KeyGroups;
 pub use metrics::{OperatorMetrics, PipelineMetrics};
 pub use operator::{Collector, Operator, TaskInfo};
 pub use pipeline::{Job, KeyedStream, Pipeline, Stream, Table, TopicSpec, WindowedStream};
+pub use join::{Either, JoinKind};
+pub use ops::{IntervalJoin, TableJoin, TemporalJoin, WindowJoin};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
 pub use state::{Key, StateCodec, StateReader, StateWriter};

@@ -1,0 +1,536 @@
+//! The interval join (Flink's `intervalJoin(..).between(lower, upper)`): two streams, per key; a left element
+//! `l` and a right element `r` of the same key join when `l.ts + lower <= r.ts <= l.ts + upper`.
+//!
+//! - A pair is emitted as soon as its second element arrives, with timestamp `max(l.ts, r.ts)`:
+//!   `f(k, Some(l), Some(r))`. Pairs come out in arrival order of their second element; the elements it
+//!   joins with in (timestamp, arrival) order.
+//! - Elements are held until no future element can match them. After `on_watermark(w)` every element to come
+//!   has `ts >= w` (the runtime's convention), so a left element expires once `l.ts + upper < w` and a right
+//!   one once `r.ts - lower < w`. The final watermark `i64::MAX` (end of input) expires everything.
+//! - With [`JoinKind::Left`], `Right` or `Full`, an element of a kept side that expires without ever having
+//!   matched is emitted then, as `f(k, Some(l), None)` or `f(k, None, Some(r))`, with its own timestamp.
+//!   Expiries come out in (timestamp, key, arrival) order, for one watermark the left side first.
+//! - An element that arrives already expired (possible with a negative `upper`, or when it is late) is joined
+//!   against what is held, and if unmatched emitted at once (kept sides), but not stored. Elements behind the
+//!   watermark (`ts < w`) are counted in `late_records`: their partners may have expired already.
+//!
+//! Invariants:
+//! - `watermark` only grows; every element held has not expired;
+//! - `left_at` / `right_at` list, for every element held, its timestamp and key (and may hold stale entries
+//!   for elements gone since), so that expiry visits only the keys that have something to expire;
+//! - `seq` numbers elements in arrival order (it orders equal timestamps and is saved with the state).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::join::{Either, JoinKind};
+use crate::metrics::OperatorMetrics;
+use crate::operator::{Collector, Operator};
+use crate::state::{Key, StateCodec, StateReader, StateWriter};
+
+/// Builds the output of a matched pair, or of an unmatched element (`None` for the other side).
+pub type IntervalJoinFn<K, L, R, O> = Arc<dyn Fn(&K, Option<&L>, Option<&R>) -> O + Send + Sync>;
+
+const STATE_VERSION: u8 = 1;
+
+/// An element held, with whether it has matched yet.
+struct Held<T> {
+    value: T,
+    matched: bool,
+}
+
+/// One side's elements of one key, by (timestamp, arrival sequence).
+type Side<T> = BTreeMap<(i64, u64), Held<T>>;
+
+pub struct IntervalJoin<K, L, R, O> {
+    kind: JoinKind,
+    lower: i64,
+    upper: i64,
+    f: IntervalJoinFn<K, L, R, O>,
+    watermark: i64,
+    seq: u64,
+    left: HashMap<K, Side<L>>,
+    right: HashMap<K, Side<R>>,
+    left_at: BTreeMap<i64, Vec<K>>,
+    right_at: BTreeMap<i64, Vec<K>>,
+    held: u64,
+    late_records: u64,
+}
+
+impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
+    /// Fails (with [`Error::Invalid`]) unless `lower_ms <= upper_ms`.
+    pub fn new(
+        kind: JoinKind,
+        lower_ms: i64,
+        upper_ms: i64,
+        f: IntervalJoinFn<K, L, R, O>,
+    ) -> Result<Self> {
+        if lower_ms > upper_ms {
+            return Err(Error::Invalid(format!(
+                "interval join bounds: lower {lower_ms} > upper {upper_ms}"
+            )));
+        }
+        Ok(IntervalJoin {
+            kind,
+            lower: lower_ms,
+            upper: upper_ms,
+            f,
+            watermark: i64::MIN,
+            seq: 0,
+            left: HashMap::new(),
+            right: HashMap::new(),
+            left_at: BTreeMap::new(),
+            right_at: BTreeMap::new(),
+            held: 0,
+            late_records: 0,
+        })
+    }
+
+    fn end_of_input(&self) -> bool {
+        self.watermark == i64::MAX
+    }
+
+    /// No right element to come (all at `>= watermark`) can match a left one at `ts`.
+    fn left_expired(&self, ts: i64) -> bool {
+        ts.saturating_add(self.upper) < self.watermark || self.end_of_input()
+    }
+
+    /// No left element to come can match a right one at `ts`.
+    fn right_expired(&self, ts: i64) -> bool {
+        ts.saturating_sub(self.lower) < self.watermark || self.end_of_input()
+    }
+
+    fn add_left(&mut self, ts: i64, key: K, l: L, out: &mut dyn Collector<O>) {
+        let mut matched = false;
+        if let Some(side) = self.right.get_mut(&key) {
+            // r.ts in [ts + lower, ts + upper]; saturating bounds are exact (no timestamp lies beyond them).
+            let lo = (ts.saturating_add(self.lower), 0);
+            let hi = (ts.saturating_add(self.upper), u64::MAX);
+            for (&(rts, _), r) in side.range_mut(lo..=hi) {
+                matched = true;
+                r.matched = true;
+                out.emit(ts.max(rts), (self.f)(&key, Some(&l), Some(&r.value)));
+            }
+        }
+        if self.left_expired(ts) {
+            if !matched && self.kind.keeps_left() {
+                out.emit(ts, (self.f)(&key, Some(&l), None));
+            }
+            return;
+        }
+        self.left_at.entry(ts).or_default().push(key.clone());
+        let held = Held { value: l, matched };
+        if self
+            .left
+            .entry(key)
+            .or_default()
+            .insert((ts, self.seq), held)
+            .is_none()
+        {
+            self.held += 1;
+        }
+        // Wrapping cannot collide in practice (2^64 elements), and must not panic on a restored counter.
+        self.seq = self.seq.wrapping_add(1);
+    }
+
+    fn add_right(&mut self, ts: i64, key: K, r: R, out: &mut dyn Collector<O>) {
+        let mut matched = false;
+        if let Some(side) = self.left.get_mut(&key) {
+            // l.ts in [ts - upper, ts - lower].
+            let lo = (ts.saturating_sub(self.upper), 0);
+            let hi = (ts.saturating_sub(self.lower), u64::MAX);
+            for (&(lts, _), l) in side.range_mut(lo..=hi) {
+                matched = true;
+                l.matched = true;
+                out.emit(lts.max(ts), (self.f)(&key, Some(&l.value), Some(&r)));
+            }
+        }
+        if self.right_expired(ts) {
+            if !matched && self.kind.keeps_right() {
+                out.emit(ts, (self.f)(&key, None, Some(&r)));
+            }
+            return;
+        }
+        self.right_at.entry(ts).or_default().push(key.clone());
+        let held = Held { value: r, matched };
+        if self
+            .right
+            .entry(key)
+            .or_default()
+            .insert((ts, self.seq), held)
+            .is_none()
+        {
+            self.held += 1;
+        }
+        self.seq = self.seq.wrapping_add(1);
+    }
+
+    fn expire(&mut self, out: &mut dyn Collector<O>) {
+        while let Some((&ts, _)) = self.left_at.first_key_value() {
+            if !self.left_expired(ts) {
+                break;
+            }
+            let Some((_, mut keys)) = self.left_at.pop_first() else {
+                break;
+            };
+            sort_keys(&mut keys);
+            for key in keys {
+                let Some(side) = self.left.get_mut(&key) else {
+                    continue; // stale: expired already
+                };
+                while let Some((&(lts, _), _)) = side.first_key_value() {
+                    if lts > ts {
+                        break;
+                    }
+                    let Some((_, l)) = side.pop_first() else {
+                        break;
+                    };
+                    self.held -= 1;
+                    if !l.matched && self.kind.keeps_left() {
+                        out.emit(lts, (self.f)(&key, Some(&l.value), None));
+                    }
+                }
+                if side.is_empty() {
+                    self.left.remove(&key);
+                }
+            }
+        }
+        while let Some((&ts, _)) = self.right_at.first_key_value() {
+            if !self.right_expired(ts) {
+                break;
+            }
+            let Some((_, mut keys)) = self.right_at.pop_first() else {
+                break;
+            };
+            sort_keys(&mut keys);
+            for key in keys {
+                let Some(side) = self.right.get_mut(&key) else {
+                    continue;
+                };
+                while let Some((&(rts, _), _)) = side.first_key_value() {
+                    if rts > ts {
+                        break;
+                    }
+                    let Some((_, r)) = side.pop_first() else {
+                        break;
+                    };
+                    self.held -= 1;
+                    if !r.matched && self.kind.keeps_right() {
+                        out.emit(rts, (self.f)(&key, None, Some(&r.value)));
+                    }
+                }
+                if side.is_empty() {
+                    self.right.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Orders the keys of one expiry bucket, so that expiries come out in the same order on every run, restored
+/// or not (a restore rebuilds the buckets in hash order).
+fn sort_keys<K: Ord>(keys: &mut Vec<K>) {
+    keys.sort_unstable();
+    keys.dedup();
+}
+
+fn write_sides<K: Key, T: StateCodec>(w: &mut StateWriter, sides: &HashMap<K, Side<T>>) {
+    w.u32(sides.len() as u32);
+    for (key, side) in sides {
+        key.encode(w);
+        w.u32(side.len() as u32);
+        for (&(ts, seq), held) in side {
+            w.i64(ts);
+            w.u64(seq);
+            w.u8(held.matched as u8);
+            held.value.encode(w);
+        }
+    }
+}
+
+/// Reads what [`write_sides`] wrote, listing every element in `at`; returns how many elements it read.
+fn read_sides<K: Key, T: StateCodec>(
+    r: &mut StateReader<'_>,
+    next_seq: u64,
+    sides: &mut HashMap<K, Side<T>>,
+    at: &mut BTreeMap<i64, Vec<K>>,
+) -> Result<u64> {
+    let mut n = 0;
+    // A key takes at least its element count (4); an element its timestamp, sequence and flag (17).
+    for _ in 0..r.count(4)? {
+        let key = K::decode(r)?;
+        if sides.contains_key(&key) {
+            return Err(Error::CorruptState("interval join: a key twice".into()));
+        }
+        let mut side = Side::new();
+        for _ in 0..r.count(17)? {
+            let ts = r.i64()?;
+            let seq = r.u64()?;
+            let matched = match r.u8()? {
+                0 => false,
+                1 => true,
+                t => return Err(Error::CorruptState(format!("interval join: bad flag {t}"))),
+            };
+            if seq >= next_seq {
+                return Err(Error::CorruptState(
+                    "interval join: an element from the future".into(),
+                ));
+            }
+            let value = T::decode(r)?;
+            if side.insert((ts, seq), Held { value, matched }).is_some() {
+                return Err(Error::CorruptState(
+                    "interval join: an element twice".into(),
+                ));
+            }
+            at.entry(ts).or_default().push(key.clone());
+            n += 1;
+        }
+        if !side.is_empty() {
+            sides.insert(key, side);
+        }
+    }
+    Ok(n)
+}
+
+impl<K, L, R, O> Operator<Either<(K, L), (K, R)>> for IntervalJoin<K, L, R, O>
+where
+    K: Key,
+    L: StateCodec + Send,
+    R: StateCodec + Send,
+{
+    type Out = O;
+
+    fn process(
+        &mut self,
+        timestamp: i64,
+        item: Either<(K, L), (K, R)>,
+        out: &mut dyn Collector<O>,
+    ) {
+        if timestamp < self.watermark {
+            self.late_records += 1;
+        }
+        match item {
+            Either::Left((key, l)) => self.add_left(timestamp, key, l, out),
+            Either::Right((key, r)) => self.add_right(timestamp, key, r, out),
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector<O>) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        self.expire(out);
+    }
+
+    fn on_checkpoint(&mut self, state: &mut Vec<u8>) {
+        let mut w = StateWriter {
+            buf: std::mem::take(state),
+        };
+        w.u8(STATE_VERSION);
+        w.i64(self.watermark);
+        w.u64(self.seq);
+        w.u64(self.late_records);
+        write_sides(&mut w, &self.left);
+        write_sides(&mut w, &self.right);
+        *state = w.buf;
+    }
+
+    fn on_restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state);
+        let version = r.u8()?;
+        if version != STATE_VERSION {
+            return Err(Error::CorruptState(format!(
+                "interval join state version {version}"
+            )));
+        }
+        self.watermark = r.i64()?;
+        self.seq = r.u64()?;
+        self.late_records = r.u64()?;
+        self.left.clear();
+        self.right.clear();
+        self.left_at.clear();
+        self.right_at.clear();
+        self.held = read_sides(&mut r, self.seq, &mut self.left, &mut self.left_at)?;
+        self.held += read_sides(&mut r, self.seq, &mut self.right, &mut self.right_at)?;
+        if !r.is_empty() {
+            return Err(Error::CorruptState(
+                "trailing bytes in interval join state".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn report(&self, m: &mut OperatorMetrics) {
+        m.late_records = self.late_records;
+        m.state_entries = self.held;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::OutRecord;
+
+    #[derive(Default)]
+    struct Out(Vec<(i64, String)>);
+    impl Collector<String> for Out {
+        fn emit(&mut self, timestamp: i64, item: String) {
+            self.0.push((timestamp, item));
+        }
+        fn late(&mut self, _record: OutRecord) {}
+    }
+
+    type Op = IntervalJoin<String, String, String, String>;
+    type In = Either<(String, String), (String, String)>;
+
+    fn op(kind: JoinKind, lower: i64, upper: i64) -> Op {
+        IntervalJoin::new(
+            kind,
+            lower,
+            upper,
+            Arc::new(|k: &String, l: Option<&String>, r: Option<&String>| {
+                let s = |v: Option<&String>| v.map_or("-".to_string(), String::clone);
+                format!("{k}:{}+{}", s(l), s(r))
+            }),
+        )
+        .unwrap()
+    }
+    fn left(k: &str, v: &str) -> In {
+        Either::Left((k.into(), v.into()))
+    }
+    fn right(k: &str, v: &str) -> In {
+        Either::Right((k.into(), v.into()))
+    }
+    fn entries(j: &Op) -> u64 {
+        let mut m = OperatorMetrics::default();
+        j.report(&mut m);
+        m.state_entries
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        let f: IntervalJoinFn<String, String, String, String> = Arc::new(|_, _, _| String::new());
+        assert!(IntervalJoin::new(JoinKind::Inner, 5, 4, f.clone()).is_err());
+        assert!(IntervalJoin::new(JoinKind::Inner, -5, -5, f).is_ok());
+    }
+
+    #[test]
+    fn pairs_are_emitted_when_the_second_element_arrives() {
+        let mut j = op(JoinKind::Inner, -5, 10);
+        let mut out = Out::default();
+        j.process(100, left("a", "l100"), &mut out);
+        j.process(94, right("a", "r94"), &mut out); // 94 < 100 - 5
+        j.process(95, right("a", "r95"), &mut out);
+        j.process(110, right("a", "r110"), &mut out);
+        j.process(111, right("a", "r111"), &mut out);
+        j.process(100, right("b", "other key"), &mut out);
+        assert_eq!(
+            out.0,
+            vec![
+                (100, "a:l100+r95".to_string()),
+                (110, "a:l100+r110".to_string())
+            ]
+        );
+        out.0.clear();
+        j.process(105, left("a", "l105"), &mut out);
+        assert_eq!(
+            out.0,
+            vec![
+                (110, "a:l105+r110".to_string()),
+                (111, "a:l105+r111".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn outer_sides_emit_unmatched_elements_at_expiry() {
+        let mut j = op(JoinKind::Full, 0, 10);
+        let mut out = Out::default();
+        j.process(100, left("a", "hit"), &mut out);
+        j.process(105, right("a", "r105"), &mut out);
+        j.process(200, left("a", "lonely"), &mut out);
+        j.process(50, right("b", "r50"), &mut out);
+        out.0.clear();
+        j.on_watermark(110, &mut out);
+        // Right elements expire once ts - lower < w: r50 and r105 (matched); left at 100 stays (100 + 10 >= 110).
+        assert_eq!(out.0, vec![(50, "b:-+r50".to_string())]);
+        assert_eq!(entries(&j), 2);
+        out.0.clear();
+        j.on_watermark(111, &mut out);
+        assert!(
+            out.0.is_empty(),
+            "the matched left element expires silently"
+        );
+        assert_eq!(entries(&j), 1);
+        j.on_watermark(i64::MAX, &mut out);
+        assert_eq!(out.0, vec![(200, "a:lonely+-".to_string())]);
+        assert_eq!(entries(&j), 0);
+    }
+
+    #[test]
+    fn left_kind_keeps_only_left_elements() {
+        let mut j = op(JoinKind::Left, 0, 0);
+        let mut out = Out::default();
+        j.process(1, left("a", "l"), &mut out);
+        j.process(2, right("a", "r"), &mut out);
+        j.on_watermark(i64::MAX, &mut out);
+        assert_eq!(out.0, vec![(1, "a:l+-".to_string())]);
+    }
+
+    #[test]
+    fn elements_that_arrive_expired_join_at_once() {
+        // Right elements precede their left partners by 5 to 10 ms.
+        let mut j = op(JoinKind::Full, -10, -5);
+        let mut out = Out::default();
+        j.process(93, right("a", "r93"), &mut out);
+        j.on_watermark(100, &mut out);
+        assert!(
+            out.0.is_empty(),
+            "r93 can still meet a left element at 100..=103"
+        );
+        // A left element at 100 can only match right ones at 90..=95: it is complete on arrival.
+        j.process(100, left("a", "l100"), &mut out);
+        j.process(101, left("b", "l101"), &mut out);
+        assert_eq!(
+            out.0,
+            vec![
+                (100, "a:l100+r93".to_string()),
+                (101, "b:l101+-".to_string())
+            ]
+        );
+        assert_eq!(entries(&j), 1);
+        let mut m = OperatorMetrics::default();
+        j.report(&mut m);
+        assert_eq!(m.late_records, 0);
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_prefixes_fail() {
+        let mut j = op(JoinKind::Full, -3, 3);
+        let mut out = Out::default();
+        j.process(10, left("a", "l10"), &mut out);
+        j.process(12, right("a", "r12"), &mut out);
+        j.process(20, right("b", "r20"), &mut out);
+        j.on_watermark(5, &mut out);
+        let mut state = Vec::new();
+        j.on_checkpoint(&mut state);
+        let mut k = op(JoinKind::Full, -3, 3);
+        k.on_restore(&state).unwrap();
+        assert_eq!(entries(&k), 3);
+        let finish = |o: &mut Op| {
+            let mut c = Out::default();
+            o.process(11, left("b", "x"), &mut c);
+            o.process(19, left("b", "y"), &mut c);
+            o.on_watermark(i64::MAX, &mut c);
+            c.0
+        };
+        let (a, b) = (finish(&mut j), finish(&mut k));
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 2);
+        for cut in 0..state.len() {
+            assert!(op(JoinKind::Full, -3, 3).on_restore(&state[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! The event-time temporal join (Flink's `FOR SYSTEM_TIME AS OF`): a stream of probes (left) against a
+//! versioned table (right, a changelog in which `None` is a tombstone), per key.
+//!
+//! A probe `(k, l)` with event time `t` joins the table row of `k` *as of* `t`: the version with the largest
+//! version timestamp `<= t`, where a tombstone as that version means no row. Equal version timestamps of one
+//! key: the later-arriving version replaces the earlier one.
+//!
+//! Watermark convention (the runtime's: after `on_watermark(w)` elements with event time `>= w` may still
+//! come, none earlier): a probe at `t` is complete once `t < w`, because every table version `<= t` has
+//! then arrived. So:
+//! - probes are buffered until the watermark passes them (`t < w`), then emitted in event-time order (equal
+//!   times in arrival order) with timestamp `t`: `f(k, l, Some(row))` when there is a row, and for a
+//!   probe without one `f(k, l, None)` with [`JoinKind::Left`], nothing with [`JoinKind::Inner`];
+//! - a probe that arrives already behind the watermark (`t < w`) is joined at once against the versions
+//!   still held (so it may miss a version pruned since) and counted in `late_records`;
+//! - the final watermark `i64::MAX` means the end of the input: it emits every buffered probe.
+//!
+//! Invariants:
+//! - `watermark` only grows; every buffered probe has `t >= watermark` (or the watermark is `i64::MAX`,
+//!   after which nothing is buffered);
+//! - per key, `versions` holds every version newer than the watermark plus the newest one at or before it,
+//!   which is all that a probe at `t >= watermark` can need. Older versions are pruned when the watermark
+//!   moves; a key whose only remaining version is a tombstone at or before the watermark is dropped (a
+//!   probe would find no row either way). Table rows that arrive late are still inserted;
+//! - `prune_at` lists, for every version, its timestamp and key (and may hold stale entries for versions
+//!   replaced or pruned since): a key can need pruning only once one of its versions is at or before the
+//!   watermark, so keys are visited when the watermark passes their versions, not all keys every time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::join::{Either, JoinKind};
+use crate::metrics::OperatorMetrics;
+use crate::operator::{Collector, Operator};
+use crate::state::{Key, StateCodec, StateReader, StateWriter};
+
+/// Builds the output of one probe from its key, its value and the table row as of its time.
+pub type TemporalJoinFn<K, L, V, O> = Arc<dyn Fn(&K, L, Option<&V>) -> O + Send + Sync>;
+
+const STATE_VERSION: u8 = 1;
+
+pub struct TemporalJoin<K, L, V, O> {
+    kind: JoinKind,
+    f: TemporalJoinFn<K, L, V, O>,
+    watermark: i64,
+    /// Per key, version timestamp -> row (`None`: deleted).
+    versions: HashMap<K, BTreeMap<i64, Option<V>>>,
+    /// Buffered probes by event time, each list in arrival order.
+    probes: BTreeMap<i64, Vec<(K, L)>>,
+    prune_at: BTreeMap<i64, Vec<K>>,
+    version_count: u64,
+    probe_count: u64,
+    late_records: u64,
+}
+
+impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
+    /// `kind` is [`JoinKind::Inner`] or [`JoinKind::Left`]; `Right` and `Full` make no sense against a table
+    /// (there is no "unmatched table row" event) and behave as `Inner` and `Left` respectively.
+    pub fn new(kind: JoinKind, f: TemporalJoinFn<K, L, V, O>) -> Self {
+        TemporalJoin {
+            kind,
+            f,
+            watermark: i64::MIN,
+            versions: HashMap::new(),
+            probes: BTreeMap::new(),
+            prune_at: BTreeMap::new(),
+            version_count: 0,
+            probe_count: 0,
+            late_records: 0,
+        }
+    }
+
+    /// Whether a probe at `t` has every table version it can join already (see the module doc).
+    fn complete(&self, t: i64) -> bool {
+        t < self.watermark || self.watermark == i64::MAX
+    }
+
+    fn insert_version(&mut self, ts: i64, key: K, row: Option<V>) {
+        self.prune_at.entry(ts).or_default().push(key.clone());
+        let per_key = self.versions.entry(key).or_default();
+        if per_key.insert(ts, row).is_none() {
+            self.version_count += 1;
+        }
+    }
+
+    /// Joins one probe against the versions held and emits the result (if any) at `t`.
+    fn join(&self, t: i64, key: &K, l: L, out: &mut dyn Collector<O>) {
+        let row = self
+            .versions
+            .get(key)
+            .and_then(|v| v.range(..=t).next_back())
+            .and_then(|(_, row)| row.as_ref());
+        if row.is_some() || self.kind.keeps_left() {
+            out.emit(t, (self.f)(key, l, row));
+        }
+    }
+
+    fn emit_complete(&mut self, out: &mut dyn Collector<O>) {
+        while let Some((&t, _)) = self.probes.first_key_value() {
+            if !self.complete(t) {
+                break;
+            }
+            let Some((_, list)) = self.probes.pop_first() else {
+                break;
+            };
+            self.probe_count -= list.len() as u64;
+            for (key, l) in list {
+                self.join(t, &key, l, out);
+            }
+        }
+    }
+
+    /// Drops the versions no probe at or after the watermark can need (see the module doc).
+    fn prune(&mut self) {
+        let w = self.watermark;
+        while let Some((&ts, _)) = self.prune_at.first_key_value() {
+            if ts > w {
+                break;
+            }
+            let Some((_, keys)) = self.prune_at.pop_first() else {
+                break;
+            };
+            for key in keys {
+                let Some(per_key) = self.versions.get_mut(&key) else {
+                    continue; // stale: the key was dropped already
+                };
+                let Some((&floor, _)) = per_key.range(..=w).next_back() else {
+                    continue; // stale: the version was replaced and every version is newer
+                };
+                while let Some((&first, _)) = per_key.first_key_value() {
+                    if first >= floor {
+                        break;
+                    }
+                    per_key.pop_first();
+                    self.version_count -= 1;
+                }
+                if matches!(per_key.get(&floor), Some(None)) {
+                    per_key.remove(&floor);
+                    self.version_count -= 1;
+                }
+                if per_key.is_empty() {
+                    self.versions.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+impl<K, L, V, O> Operator<Either<(K, L), (K, Option<V>)>> for TemporalJoin<K, L, V, O>
+where
+    K: Key,
+    L: StateCodec + Clone + Send,
+    V: StateCodec + Clone + Send,
+{
+    type Out = O;
+
+    fn process(
+        &mut self,
+        timestamp: i64,
+        item: Either<(K, L), (K, Option<V>)>,
+        out: &mut dyn Collector<O>,
+    ) {
+        match item {
+            Either::Left((key, l)) => {
+                if self.complete(timestamp) {
+                    self.late_records += 1;
+                    self.join(timestamp, &key, l, out);
+                } else {
+                    self.probes.entry(timestamp).or_default().push((key, l));
+                    self.probe_count += 1;
+                }
+            }
+            Either::Right((key, row)) => {
+                if timestamp < self.watermark {
+                    self.late_records += 1;
+                }
+                self.insert_version(timestamp, key, row);
+            }
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector<O>) {
+        if watermark <= self.watermark {
+            return;
+        }
+        self.watermark = watermark;
+        // Probes first: a probe behind the new watermark may need a version that pruning at it drops.
+        self.emit_complete(out);
+        self.prune();
+    }
+
+    fn on_checkpoint(&mut self, state: &mut Vec<u8>) {
+        let mut w = StateWriter {
+            buf: std::mem::take(state),
+        };
+        w.u8(STATE_VERSION);
+        w.i64(self.watermark);
+        w.u64(self.late_records);
+        w.u32(self.versions.len() as u32);
+        for (key, per_key) in &self.versions {
+            key.encode(&mut w);
+            w.u32(per_key.len() as u32);
+            for (ts, row) in per_key {
+                w.i64(*ts);
+                row.encode(&mut w);
+            }
+        }
+        w.u32(self.probes.len() as u32);
+        for (ts, list) in &self.probes {
+            w.i64(*ts);
+            w.u32(list.len() as u32);
+            for (key, l) in list {
+                key.encode(&mut w);
+                l.encode(&mut w);
+            }
+        }
+        *state = w.buf;
+    }
+
+    fn on_restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state);
+        let version = r.u8()?;
+        if version != STATE_VERSION {
+            return Err(Error::CorruptState(format!(
+                "temporal join state version {version}"
+            )));
+        }
+        self.watermark = r.i64()?;
+        self.late_records = r.u64()?;
+        self.versions.clear();
+        self.probes.clear();
+        self.prune_at.clear();
+        self.version_count = 0;
+        self.probe_count = 0;
+        // A key takes at least its version count (4); a version its timestamp and option tag (9).
+        for _ in 0..r.count(4)? {
+            let key = K::decode(&mut r)?;
+            if self.versions.contains_key(&key) {
+                return Err(Error::CorruptState(
+                    "temporal join: a key twice in the versions".into(),
+                ));
+            }
+            for _ in 0..r.count(9)? {
+                let ts = r.i64()?;
+                let row = Option::<V>::decode(&mut r)?;
+                let before = self.version_count;
+                self.insert_version(ts, key.clone(), row);
+                if self.version_count == before {
+                    return Err(Error::CorruptState(
+                        "temporal join: a version timestamp twice".into(),
+                    ));
+                }
+            }
+        }
+        // A timestamp takes its own 8 bytes and its probe count (4).
+        for _ in 0..r.count(12)? {
+            let ts = r.i64()?;
+            if self.probes.contains_key(&ts) {
+                return Err(Error::CorruptState(
+                    "temporal join: a probe timestamp twice".into(),
+                ));
+            }
+            let n = r.count(1)?;
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                let key = K::decode(&mut r)?;
+                let l = L::decode(&mut r)?;
+                list.push((key, l));
+            }
+            self.probe_count += n as u64;
+            self.probes.insert(ts, list);
+        }
+        if !r.is_empty() {
+            return Err(Error::CorruptState(
+                "trailing bytes in temporal join state".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn report(&self, m: &mut OperatorMetrics) {
+        m.late_records = self.late_records;
+        m.state_entries = self.version_count + self.probe_count;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::OutRecord;
+
+    #[derive(Default)]
+    struct Out(Vec<(i64, String)>);
+    impl Collector<String> for Out {
+        fn emit(&mut self, timestamp: i64, item: String) {
+            self.0.push((timestamp, item));
+        }
+        fn late(&mut self, _record: OutRecord) {}
+    }
+
+    type Op = TemporalJoin<String, String, String, String>;
+    type In = Either<(String, String), (String, Option<String>)>;
+
+    fn op(kind: JoinKind) -> Op {
+        TemporalJoin::new(
+            kind,
+            Arc::new(|k: &String, l: String, v: Option<&String>| {
+                format!("{k}:{l}={}", v.map_or("-", String::as_str))
+            }),
+        )
+    }
+    fn probe(k: &str, l: &str) -> In {
+        Either::Left((k.into(), l.into()))
+    }
+    fn row(k: &str, v: Option<&str>) -> In {
+        Either::Right((k.into(), v.map(str::to_string)))
+    }
+
+    #[test]
+    fn probes_join_the_version_as_of_their_time() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        j.process(10, row("a", Some("v10")), &mut out);
+        j.process(20, row("a", Some("v20")), &mut out);
+        j.process(30, row("a", None), &mut out);
+        j.process(25, probe("a", "p25"), &mut out);
+        j.process(15, probe("a", "p15"), &mut out);
+        j.process(5, probe("a", "p5"), &mut out);
+        j.process(20, probe("a", "p20"), &mut out);
+        j.process(35, probe("a", "p35"), &mut out);
+        j.process(12, probe("b", "q12"), &mut out);
+        assert!(out.0.is_empty(), "nothing is complete before the watermark");
+        j.on_watermark(i64::MAX, &mut out);
+        assert_eq!(
+            out.0,
+            vec![
+                (5, "a:p5=-".to_string()),
+                (12, "b:q12=-".to_string()),
+                (15, "a:p15=v10".to_string()),
+                (20, "a:p20=v20".to_string()),
+                (25, "a:p25=v20".to_string()),
+                (35, "a:p35=-".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn inner_drops_probes_without_a_row() {
+        let mut j = op(JoinKind::Inner);
+        let mut out = Out::default();
+        j.process(10, row("a", Some("v")), &mut out);
+        j.process(5, probe("a", "early"), &mut out);
+        j.process(11, probe("a", "hit"), &mut out);
+        j.process(11, probe("b", "miss"), &mut out);
+        j.on_watermark(100, &mut out);
+        assert_eq!(out.0, vec![(11, "a:hit=v".to_string())]);
+    }
+
+    #[test]
+    fn a_probe_waits_until_the_watermark_passes_it() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        j.process(10, probe("a", "p"), &mut out);
+        j.on_watermark(10, &mut out);
+        assert!(out.0.is_empty(), "a version at 10 may still come");
+        j.process(10, row("a", Some("v")), &mut out);
+        j.on_watermark(11, &mut out);
+        assert_eq!(out.0, vec![(10, "a:p=v".to_string())]);
+    }
+
+    #[test]
+    fn equal_times_keep_arrival_order_and_late_versions_replace() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        j.process(10, row("a", Some("first")), &mut out);
+        j.process(10, row("a", Some("second")), &mut out);
+        j.process(10, probe("b", "1"), &mut out);
+        j.process(10, probe("a", "2"), &mut out);
+        j.on_watermark(11, &mut out);
+        assert_eq!(
+            out.0,
+            vec![(10, "b:1=-".to_string()), (10, "a:2=second".to_string())]
+        );
+    }
+
+    #[test]
+    fn late_probes_join_at_once_against_what_is_held() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        j.process(10, row("a", Some("v10")), &mut out);
+        j.process(20, row("a", Some("v20")), &mut out);
+        j.on_watermark(50, &mut out);
+        // v10 is pruned: v20 is the newest at or before the watermark.
+        let mut m = OperatorMetrics::default();
+        j.report(&mut m);
+        assert_eq!(m.state_entries, 1);
+        j.process(30, probe("a", "late"), &mut out);
+        j.process(15, probe("a", "older"), &mut out);
+        assert_eq!(
+            out.0,
+            vec![
+                (30, "a:late=v20".to_string()),
+                (15, "a:older=-".to_string())
+            ]
+        );
+        j.report(&mut m);
+        assert_eq!(m.late_records, 2);
+    }
+
+    #[test]
+    fn pruning_keeps_what_future_probes_need() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        for (ts, v) in [
+            (10, Some("a")),
+            (20, Some("b")),
+            (30, None),
+            (40, Some("d")),
+        ] {
+            j.process(ts, row("k", v), &mut out);
+        }
+        j.process(10, row("gone", Some("x")), &mut out);
+        j.process(20, row("gone", None), &mut out);
+        let entries = |j: &Op| {
+            let mut m = OperatorMetrics::default();
+            j.report(&mut m);
+            m.state_entries
+        };
+        assert_eq!(entries(&j), 6);
+        j.on_watermark(25, &mut out);
+        // k: 20 (newest at or before 25), 30, 40; "gone" ends in a tombstone and is dropped.
+        assert_eq!(entries(&j), 3);
+        j.on_watermark(35, &mut out);
+        // k: the tombstone at 30 is the newest at or before 35: dropped with everything older.
+        assert_eq!(entries(&j), 1);
+        j.process(35, probe("k", "p35"), &mut out);
+        j.process(45, probe("k", "p45"), &mut out);
+        j.process(35, probe("gone", "g"), &mut out);
+        j.on_watermark(i64::MAX, &mut out);
+        assert_eq!(
+            out.0,
+            vec![
+                (35, "k:p35=-".to_string()),
+                (35, "gone:g=-".to_string()),
+                (45, "k:p45=d".to_string()),
+            ]
+        );
+        assert_eq!(entries(&j), 1);
+    }
+
+    #[test]
+    fn snapshot_restores_probes_and_versions() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        j.process(10, row("a", Some("v10")), &mut out);
+        j.process(20, row("a", None), &mut out);
+        j.process(15, probe("a", "p15"), &mut out);
+        j.process(25, probe("a", "p25"), &mut out);
+        j.on_watermark(5, &mut out);
+        let mut state = Vec::new();
+        j.on_checkpoint(&mut state);
+        let mut k = op(JoinKind::Left);
+        k.on_restore(&state).unwrap();
+        let (mut a, mut b) = (Out::default(), Out::default());
+        j.on_watermark(i64::MAX, &mut a);
+        k.on_watermark(i64::MAX, &mut b);
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.0.len(), 2);
+        for cut in 0..state.len() {
+            assert!(op(JoinKind::Left).on_restore(&state[..cut]).is_err());
+        }
+    }
+}
