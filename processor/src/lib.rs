@@ -17,6 +17,7 @@
 //! source.rs       decoding stored batches        partitioner.rs   Kafka's murmur2 partitioner
 //! metrics.rs      per-operator and per-pipeline figures      barrier.rs   a breakable barrier for checkpoints
 //! local.rs        a Host over a bare LogManager (tests, benchmarks)   nexmark.rs   benchmark bids and pipelines
+//! timers.rs       per-key event- and processing-time timers   value_state.rs   per-key value state with a TTL
 //! ```
 //!
 //! # Exactly once
@@ -47,6 +48,8 @@ pub mod runtime;
 pub mod source;
 pub mod state;
 pub mod task;
+pub mod timers;
+pub mod value_state;
 pub mod watermark;
 pub mod window;
 
@@ -59,4 +62,6 @@ pub use pipeline::{Job, Pipeline, TopicSpec};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
 pub use state::{Key, StateCodec, StateReader, StateWriter};
+pub use timers::{TimeDomain, TimerQueue};
+pub use value_state::{TtlTime, UpdateType};
 pub use window::Window;
