@@ -18,6 +18,7 @@
 //! metrics.rs      per-operator and per-pipeline figures      barrier.rs   a breakable barrier for checkpoints
 //! local.rs        a Host over a bare LogManager (tests, benchmarks)   nexmark.rs   benchmark bids and pipelines
 //! timers.rs       per-key event- and processing-time timers   value_state.rs   per-key value state with a TTL
+//! ops/keyed_process.rs   KeyedProcess: a keyed process function (state, timers, TTL) as Flink's
 //! ```
 //!
 //! # Exactly once
@@ -58,6 +59,7 @@ pub use driver::TestDriver;
 pub use error::{Error, Result};
 pub use metrics::{OperatorMetrics, PipelineMetrics};
 pub use operator::{Collector, Operator, TaskInfo};
+pub use ops::{KeyedContext, KeyedProcess, KeyedProcessFunction};
 pub use pipeline::{Job, Pipeline, TopicSpec};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
