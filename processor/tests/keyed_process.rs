@@ -341,64 +341,103 @@ fn expired_state_is_cleaned_up_and_ttl_stamps_survive_a_restore() {
     assert_eq!(values(&d.outputs()), ["late=x", "late=none", "k1=none"]);
 }
 
-/// One step of the proptest: a record of `key`, `dt` ms after the previous one, that registers (or deletes)
-/// the key's event-time timer at the record's time plus `offset` (which may be in the past).
+/// One step of the proptest: a record of `key`, `dt` ms (event time) after the previous one, that registers
+/// (or deletes) a timer of the key in `domain` at the record's time (event time) or the processing time (for
+/// processing-time timers) plus `offset`, which may be in the past; then processing time moves on by `tick`.
 #[derive(Debug, Clone)]
 struct Step {
     key: u8,
+    domain: TimeDomain,
     dt: i64,
     offset: i64,
     delete: bool,
+    tick: i64,
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    let domain = prop_oneof![
+        Just(TimeDomain::EventTime),
+        Just(TimeDomain::ProcessingTime)
+    ];
     (
         0..3u8,
+        domain,
         0..2_000i64,
         -3_000..8_000i64,
         prop::bool::weighted(0.2),
+        0..2_000i64,
     )
-        .prop_map(|(key, dt, offset, delete)| Step {
+        .prop_map(|(key, domain, dt, offset, delete, tick)| Step {
             key,
+            domain,
             dt,
             offset,
             delete,
+            tick,
         })
+}
+
+type Pending = BTreeSet<(i64, String)>;
+
+/// Takes the timers of `pending` due at `upto`, as the outputs they fire, in (time, key) order.
+fn due(
+    pending: &mut Pending,
+    upto: i64,
+    d: char,
+    fired: &mut Vec<(char, i64, String)>,
+) -> Vec<String> {
+    let rest = pending.split_off(&(upto.saturating_add(1), String::new()));
+    let due = std::mem::replace(pending, rest);
+    due.into_iter()
+        .map(|(t, k)| {
+            let s = format!("{k}@{t}{d}=none");
+            fired.push((d, t, k));
+            s
+        })
+        .collect()
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Against a model of the timer service: after each record the watermark is its time, and every pending
-    /// timer it reaches fires, in (time, key) order; in the end every registered, undeleted timer has fired
-    /// exactly once.
+    /// Against a model of the timer service: after each record the watermark is its time and every pending
+    /// event-time timer it reaches fires; after each tick every processing-time timer now reaches fires; due
+    /// timers fire in (time, key) order. In the end every registered, undeleted timer has fired exactly once.
     #[test]
     fn random_timers_fire_once_each_in_time_order(steps in proptest::collection::vec(step(), 1..40)) {
         let mut d = TestDriver::new(&commands(), 1);
-        let mut pending: BTreeSet<(i64, String)> = BTreeSet::new();
-        let mut fired: Vec<(i64, String)> = Vec::new();
-        let mut ts = 0;
+        d.advance_time(0);
+        let (mut event, mut processing) = (Pending::new(), Pending::new());
+        let mut fired = Vec::new();
+        let (mut ts, mut now) = (0i64, 0i64);
         for s in &steps {
             ts += s.dt;
             let key = format!("k{}", s.key);
-            let at = ts + s.offset;
-            let cmd = if s.delete { format!("-e{at}") } else { format!("e{at}") };
-            if s.delete {
+            let (pending, base, c) = match s.domain {
+                TimeDomain::EventTime => (&mut event, ts, 'e'),
+                TimeDomain::ProcessingTime => (&mut processing, now, 'p'),
+            };
+            let at = base + s.offset;
+            if !s.delete && fired.contains(&(c, at, key.clone())) {
+                // Registering a timer that already fired registers it anew (it fires again): a step that would
+                // do so sends nothing the function acts on, so that each timer is registered once.
+                d.send(0, msg(&key, "noop", ts));
+            } else if s.delete {
                 pending.remove(&(at, key.clone()));
+                d.send(0, msg(&key, &format!("-{c}{at}"), ts));
             } else {
                 pending.insert((at, key.clone()));
+                d.send(0, msg(&key, &format!("{c}{at}"), ts));
             }
-            d.send(0, msg(&key, &cmd, ts));
-            let rest = pending.split_off(&(ts + 1, String::new()));
-            let due = std::mem::replace(&mut pending, rest);
-            let want: Vec<String> = due.iter().map(|(t, k)| format!("{k}@{t}e=none")).collect();
-            prop_assert_eq!(values(&d.outputs()), want);
-            fired.extend(due);
+            prop_assert_eq!(values(&d.outputs()), due(&mut event, ts, 'e', &mut fired));
+            now += s.tick;
+            d.advance_time(s.tick);
+            prop_assert_eq!(values(&d.outputs()), due(&mut processing, now, 'p', &mut fired));
         }
         d.send(0, msg("end", "", i64::MAX / 2));
-        let want: Vec<String> = pending.iter().map(|(t, k)| format!("{k}@{t}e=none")).collect();
-        prop_assert_eq!(values(&d.outputs()), want);
-        fired.extend(pending);
+        prop_assert_eq!(values(&d.outputs()), due(&mut event, i64::MAX, 'e', &mut fired));
+        d.advance_time(i64::MAX / 2);
+        prop_assert_eq!(values(&d.outputs()), due(&mut processing, i64::MAX, 'p', &mut fired));
         let unique: BTreeSet<_> = fired.iter().cloned().collect();
         prop_assert_eq!(unique.len(), fired.len(), "a timer fired twice");
     }
