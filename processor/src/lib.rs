@@ -21,6 +21,8 @@
 //! source.rs       decoding stored batches        partitioner.rs   Kafka's murmur2 partitioner
 //! metrics.rs      per-operator and per-pipeline figures      barrier.rs   a breakable barrier for checkpoints
 //! local.rs        a Host over a bare LogManager (tests, benchmarks)   nexmark.rs   benchmark bids and pipelines
+//! timers.rs       per-key event- and processing-time timers   value_state.rs   per-key value state with a TTL
+//! ops/keyed_process.rs   KeyedProcess: a keyed process function (state, timers, TTL) as Flink's
 //! ```
 //!
 //! # Exactly once
@@ -40,8 +42,8 @@ pub mod driver;
 pub mod error;
 pub mod file;
 pub mod graph;
-pub mod keygroup;
 pub mod join;
+pub mod keygroup;
 pub mod local;
 pub mod metrics;
 pub mod nexmark;
@@ -54,19 +56,24 @@ pub mod runtime;
 pub mod source;
 pub mod state;
 pub mod task;
+pub mod timers;
+pub mod value_state;
 pub mod watermark;
 pub mod window;
 
 pub use aggregate::{Aggregator, Avg, Count, Fold, Max, Min, Reduce, Sum};
 pub use driver::TestDriver;
 pub use error::{Error, Result};
+pub use join::{Either, JoinKind};
 pub use keygroup::KeyGroups;
 pub use metrics::{OperatorMetrics, PipelineMetrics};
 pub use operator::{Collector, Operator, TaskInfo};
-pub use pipeline::{Job, KeyedStream, Pipeline, Stream, Table, TopicSpec, WindowedStream};
-pub use join::{Either, JoinKind};
 pub use ops::{IntervalJoin, TableJoin, TemporalJoin, WindowJoin};
+pub use ops::{KeyedContext, KeyedProcess, KeyedProcessFunction};
+pub use pipeline::{Job, KeyedStream, Pipeline, Stream, Table, TopicSpec, WindowedStream};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
 pub use state::{Key, StateCodec, StateReader, StateWriter};
+pub use timers::{TimeDomain, TimerQueue};
+pub use value_state::{TtlTime, UpdateType};
 pub use window::Window;

@@ -3,6 +3,7 @@
 mod filter;
 mod flat_map;
 pub mod interval_join;
+pub mod keyed_process;
 mod map;
 mod table_aggregate;
 pub mod table_join;
@@ -13,6 +14,7 @@ pub mod window_join;
 pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use interval_join::IntervalJoin;
+pub use keyed_process::{KeyedContext, KeyedProcess, KeyedProcessFunction};
 pub use map::Map;
 pub use table_aggregate::TableAggregate;
 pub use table_join::TableJoin;
