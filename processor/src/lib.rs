@@ -35,6 +35,7 @@ pub mod checkpoint;
 pub mod driver;
 pub mod error;
 pub mod file;
+pub mod hll;
 pub mod local;
 pub mod metrics;
 pub mod nexmark;
@@ -51,6 +52,7 @@ pub mod watermark;
 pub mod window;
 
 pub use aggregate::{Aggregator, Avg, Count, Fold, Max, Min, Reduce, Sum};
+pub use aggregate::{ApproxCountDistinct, CollectList, Collected, CountDistinct, TopN};
 pub use driver::TestDriver;
 pub use error::{Error, Result};
 pub use metrics::{OperatorMetrics, PipelineMetrics};
