@@ -48,6 +48,7 @@ pub mod runtime;
 pub mod source;
 pub mod state;
 pub mod task;
+pub mod trigger;
 pub mod watermark;
 pub mod window;
 
@@ -61,4 +62,5 @@ pub use pipeline::{Job, Pipeline, TopicSpec};
 pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
 pub use state::{Key, StateCodec, StateReader, StateWriter};
+pub use trigger::{CustomTrigger, Pane, Trigger};
 pub use window::Window;

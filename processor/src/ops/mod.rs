@@ -9,3 +9,5 @@ pub use filter::Filter;
 pub use flat_map::FlatMap;
 pub use map::Map;
 pub use window::WindowAggregate;
+pub mod global_window;
+pub mod sliding_window;
