@@ -15,9 +15,10 @@
 //!
 //! An event-time trigger fires a key at `m` when its pending pane holds an element below `m` (a key's pending
 //! elements become due at the first multiple above the smallest of their timestamps, as Flink's
-//! `ContinuousEventTimeTrigger` registers its timer). The first processing-time callback after a start or a
-//! restore fires every pending key (the operator cannot know whether a multiple passed while it was not
-//! running; firing early is the safe side).
+//! `ContinuousEventTimeTrigger` registers its timer). A processing-time trigger fires when processing time
+//! crosses a multiple between two callbacks; the first callback after a start or a restore only learns where
+//! processing time is (it is not checkpointed: wall time, or the test driver's virtual time, starts over), so
+//! restored keys fire at the next multiple crossed, at most one interval later.
 //!
 //! Global windows have no late records: every element is added. State: per key the accumulator and its
 //! [`Pane`]; with a purging trigger a key is forgotten when it fires, with an accumulating one it is kept.
@@ -217,11 +218,15 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
         match self.trigger.kind {
             TriggerKind::ProcessingTime { interval_ms } => {
                 let m = floor_to(now, interval_ms);
-                if self.pt_fired.is_some_and(|f| m <= f) {
+                let Some(fired) = self.pt_fired.replace(m) else {
+                    // The first callback only learns where processing time is.
                     return;
+                };
+                if m > fired {
+                    self.fire_pending(agg, m, &|_| true, emit);
+                } else {
+                    self.pt_fired = Some(fired);
                 }
-                self.pt_fired = Some(m);
-                self.fire_pending(agg, m, &|_| true, emit);
             }
             TriggerKind::Custom(t) if t.uses_time() => {
                 let t: &dyn CustomTrigger = t;
