@@ -9,6 +9,8 @@
 //! operator.rs     the Operator trait (process + lifecycle hooks), Collector, Stage, Named, Chain
 //! ops/            built-in operators: map, filter, flat_map, window (keyed window aggregation)
 //! window.rs       tumbling, hopping and session windows      aggregate.rs   count, sum, min, max, avg, fold, reduce
+//!                 also cumulative, sliding (ops/sliding_window.rs) and global (ops/global_window.rs, trigger.rs)
+//!                 aggregate.rs also has count distinct (exact, and approximate: hll.rs), top n, collect list
 //! watermark.rs    per-partition watermarks, minimum over partitions, idle partitions
 //! task.rs         one task: the source-side and keyed-side stages, routing by key, pending outputs
 //! runtime.rs      tasks on threads over storage; stop-the-world checkpoints that commit exactly once

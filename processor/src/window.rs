@@ -7,7 +7,7 @@
 //! Cumulative windows (Flink's `CUMULATE`) of step `p` and maximum size `m` (a multiple of `p`) cover
 //! `[k*m, k*m + j*p)` for `j = 1 ..= m/p`: windows that share their start and grow by a step, each emitted when
 //! the watermark passes its end (plus the allowed lateness). An element at `t` belongs to every one of them
-//! whose end is above `t`.
+//! whose end is above `t`, and is added to each (up to `m/p` accumulators per element: keep `m/p` modest).
 //!
 //! Sliding windows (Kafka Streams' `SlidingWindows`, KIP-450) of time difference `d` are defined by the
 //! records of each key: see [`crate::ops::sliding_window`] for exactly which windows exist. In results they

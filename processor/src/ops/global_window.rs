@@ -263,7 +263,7 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
     /// Reads what `encode` wrote and rebuilds the indexes over it.
     pub(crate) fn decode(&mut self, r: &mut StateReader<'_>) -> Result<()> {
         self.reset();
-        for _ in 0..r.count(33)? {
+        for _ in 0..r.count(32)? {
             let k = K::decode(r)?;
             let acc = Acc::decode(r)?;
             let pane = Pane {
