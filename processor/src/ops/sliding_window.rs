@@ -103,7 +103,13 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
         if ts < self.closed_upto {
             return Admit::Late;
         }
-        let records = self.keys.entry(key.clone()).or_default();
+        if !self.keys.contains_key(key) {
+            // Looked up first so that a key already held is not cloned.
+            self.keys.insert(key.clone(), BTreeMap::new());
+        }
+        let Some(records) = self.keys.get_mut(key) else {
+            return Admit::Late;
+        };
         match records.get_mut(&ts) {
             Some(acc) => agg.add(acc, item),
             None => {
