@@ -13,6 +13,8 @@
 //! ops/            built-in operators: map, filter, flat_map, window (keyed window aggregation)
 //! ops/*_join.rs   joins: temporal (as of the probe's time), interval, window, table-table; join.rs Either, JoinKind
 //! window.rs       tumbling, hopping and session windows      aggregate.rs   count, sum, min, max, avg, fold, reduce
+//!                 also cumulative, sliding (ops/sliding_window.rs) and global (ops/global_window.rs, trigger.rs)
+//!                 aggregate.rs also has count distinct (exact, and approximate: hll.rs), top n, collect list
 //! watermark.rs    per-partition watermarks, minimum over partitions, idle partitions
 //! task.rs         one task: every node of the graph for the key groups it owns, queues, pending outputs
 //! runtime.rs      tasks on threads over storage; stop-the-world checkpoints that commit exactly once
@@ -42,6 +44,7 @@ pub mod driver;
 pub mod error;
 pub mod file;
 pub mod graph;
+pub mod hll;
 pub mod join;
 pub mod keygroup;
 pub mod local;
@@ -57,11 +60,13 @@ pub mod source;
 pub mod state;
 pub mod task;
 pub mod timers;
+pub mod trigger;
 pub mod value_state;
 pub mod watermark;
 pub mod window;
 
 pub use aggregate::{Aggregator, Avg, Count, Fold, Max, Min, Reduce, Sum};
+pub use aggregate::{ApproxCountDistinct, CollectList, Collected, CountDistinct, TopN};
 pub use driver::TestDriver;
 pub use error::{Error, Result};
 pub use join::{Either, JoinKind};
@@ -75,5 +80,6 @@ pub use record::{Header, Message, OutRecord, WindowResult};
 pub use runtime::{start, Host, RunningPipeline};
 pub use state::{Key, StateCodec, StateReader, StateWriter};
 pub use timers::{TimeDomain, TimerQueue};
+pub use trigger::{CustomTrigger, Pane, Trigger};
 pub use value_state::{TtlTime, UpdateType};
 pub use window::Window;

@@ -21,3 +21,5 @@ pub use table_join::TableJoin;
 pub use temporal_join::TemporalJoin;
 pub use window::WindowAggregate;
 pub use window_join::WindowJoin;
+pub mod global_window;
+pub mod sliding_window;

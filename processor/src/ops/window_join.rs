@@ -67,7 +67,10 @@ impl<K: Key, L: Clone, R: Clone, O> WindowJoin<K, L, R, O> {
         window.validate().map_err(Error::Invalid)?;
         let size = match window {
             Window::Tumbling { size_ms } | Window::Hopping { size_ms, .. } => size_ms,
-            Window::Session { .. } => {
+            Window::Session { .. }
+            | Window::Cumulative { .. }
+            | Window::Sliding { .. }
+            | Window::Global { .. } => {
                 return Err(Error::Invalid(
                     "a window join needs tumbling or hopping windows".into(),
                 ))
