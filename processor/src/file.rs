@@ -53,7 +53,7 @@ struct TopicSpecFile {
 /// A string naming a record part ("key", "timestamp"), or a JSON field of the value.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum Selector {
+pub(crate) enum Selector {
     Part(String),
     Field { field: String },
 }
@@ -96,11 +96,52 @@ struct AggregateSpec {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SettingsSpec {
+pub(crate) struct SettingsSpec {
     checkpoint_interval_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     out_of_orderness_ms: Option<u64>,
     checkpoint_fsync: Option<bool>,
+    parallelism: Option<usize>,
+    max_parallelism: Option<usize>,
+}
+
+/// The pipeline with a file's settings applied.
+pub(crate) fn apply_settings(mut p: Pipeline, s: &SettingsSpec) -> Pipeline {
+    if let Some(ms) = s.checkpoint_interval_ms {
+        p = p.checkpoint_interval(Duration::from_millis(ms));
+    }
+    if let Some(ms) = s.idle_timeout_ms {
+        p = p.idle_timeout(Duration::from_millis(ms));
+    }
+    if let Some(f) = s.checkpoint_fsync {
+        p = p.checkpoint_fsync(f);
+    }
+    if let Some(ms) = s.out_of_orderness_ms {
+        p = p.out_of_orderness(Duration::from_millis(ms));
+    }
+    if let Some(n) = s.parallelism {
+        p = p.parallelism(n);
+    }
+    if let Some(n) = s.max_parallelism {
+        p = p.max_parallelism(n);
+    }
+    p
+}
+
+/// A pipeline name: 1 or more of [a-zA-Z0-9._-].
+pub(crate) fn check_name(cx: &Ctx, name: &Spanned<String>) -> Result<String> {
+    let n = name.get_ref();
+    if n.is_empty()
+        || !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return cx.err(
+            name.span(),
+            "a pipeline name is 1 or more of [a-zA-Z0-9._-]",
+        );
+    }
+    Ok(n.clone())
 }
 
 /// The line (1-based) where byte `at` of `src` is.
@@ -109,13 +150,17 @@ fn line_of(src: &str, at: usize) -> usize {
         .map_or(1, |s| s.bytes().filter(|b| *b == b'\n').count() + 1)
 }
 
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     src: &'a str,
-    path: &'a str,
+    pub(crate) path: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err<T>(&self, at: std::ops::Range<usize>, msg: impl std::fmt::Display) -> Result<T> {
+    pub(crate) fn err<T>(
+        &self,
+        at: std::ops::Range<usize>,
+        msg: impl std::fmt::Display,
+    ) -> Result<T> {
         Err(Error::File(format!(
             "{}:{}: {msg}",
             self.path,
@@ -140,27 +185,14 @@ impl From<JsonRecord> for OutRecord {
     }
 }
 
-/// The value at a dotted path of a JSON object (a field whose name is the whole path wins: projections keep
-/// `a.b` as one field).
-fn lookup<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
-    v.get(path)
-        .or_else(|| path.split('.').try_fold(v, |v, part| v.get(part)))
-}
-
-/// Key bytes from a JSON value: strings as their text, anything else as its JSON.
-fn key_of(v: &Value) -> Bytes {
-    match v {
-        Value::String(s) => Bytes::copy_from_slice(s.as_bytes()),
-        other => Bytes::from(other.to_string()),
-    }
-}
+use crate::json_rec::{key_of, lookup};
 
 fn parse_json(m: &Message) -> Option<Value> {
     serde_json::from_slice(m.value.as_deref()?).ok()
 }
 
 #[derive(Clone, Copy)]
-enum Cmp {
+pub(crate) enum Cmp {
     Eq,
     Ne,
     Lt,
@@ -171,7 +203,7 @@ enum Cmp {
     Missing,
 }
 
-fn compare(cmp: Cmp, got: Option<&Value>, want: &Value) -> bool {
+pub(crate) fn compare(cmp: Cmp, got: Option<&Value>, want: &Value) -> bool {
     let ordering = || -> Option<std::cmp::Ordering> {
         let g = got?;
         match (g.as_f64(), want.as_f64()) {
@@ -201,7 +233,7 @@ fn compare(cmp: Cmp, got: Option<&Value>, want: &Value) -> bool {
     }
 }
 
-fn toml_to_json(v: &toml::Value) -> Value {
+pub(crate) fn toml_to_json(v: &toml::Value) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
@@ -212,17 +244,45 @@ pub fn load(path: &std::path::Path) -> Result<Job> {
     parse(&src, &path.display().to_string())
 }
 
-/// Builds a pipeline from the text of a pipeline file (`path` names it in errors).
+/// Builds a pipeline from the text of a pipeline file (`path` names it in errors): a graph file (with
+/// `[[sources]]`, `[[steps]]`, `[[sinks]]`; see [`crate::graph_file`]) or a linear one.
 pub fn parse(src: &str, path: &str) -> Result<Job> {
-    let spec: FileSpec = toml::from_str(src).map_err(|e| {
+    let toml_err = |e: toml::de::Error| {
         let line = e.span().map_or(0, |s| line_of(src, s.start));
         Error::File(format!("{path}:{line}: {}", e.message()))
-    })?;
+    };
+    let doc: toml::Table = toml::from_str(src).map_err(toml_err)?;
     let cx = Ctx { src, path };
+    if crate::graph_file::is_graph(&doc) {
+        let spec: crate::graph_file::GraphFile = toml::from_str(src).map_err(toml_err)?;
+        return crate::graph_file::build(spec, &cx);
+    }
+    let spec: FileSpec = toml::from_str(src).map_err(toml_err)?;
     build(spec, &cx)
 }
 
-fn check_partitions(cx: &Ctx, p: &Option<Spanned<i32>>) -> Result<Option<i32>> {
+/// A filter op by name.
+pub(crate) fn parse_cmp(op: &str) -> Option<Cmp> {
+    Some(match op {
+        "eq" => Cmp::Eq,
+        "ne" => Cmp::Ne,
+        "lt" => Cmp::Lt,
+        "le" => Cmp::Le,
+        "gt" => Cmp::Gt,
+        "ge" => Cmp::Ge,
+        "exists" => Cmp::Exists,
+        "missing" => Cmp::Missing,
+        _ => return None,
+    })
+}
+
+impl Cmp {
+    pub(crate) fn needs_value(self) -> bool {
+        !matches!(self, Cmp::Exists | Cmp::Missing)
+    }
+}
+
+pub(crate) fn check_partitions(cx: &Ctx, p: &Option<Spanned<i32>>) -> Result<Option<i32>> {
     match p {
         Some(p) if *p.get_ref() <= 0 || *p.get_ref() > 100_000 => cx.err(
             p.span(),
@@ -237,30 +297,8 @@ fn check_partitions(cx: &Ctx, p: &Option<Spanned<i32>>) -> Result<Option<i32>> {
 }
 
 fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
-    let name = spec.name.get_ref().clone();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return cx.err(
-            spec.name.span(),
-            "a pipeline name is 1 or more of [a-zA-Z0-9._-]",
-        );
-    }
-    let mut p = Pipeline::new(name);
-    if let Some(ms) = spec.settings.checkpoint_interval_ms {
-        p = p.checkpoint_interval(Duration::from_millis(ms));
-    }
-    if let Some(ms) = spec.settings.idle_timeout_ms {
-        p = p.idle_timeout(Duration::from_millis(ms));
-    }
-    if let Some(f) = spec.settings.checkpoint_fsync {
-        p = p.checkpoint_fsync(f);
-    }
-    if let Some(ms) = spec.settings.out_of_orderness_ms {
-        p = p.out_of_orderness(Duration::from_millis(ms));
-    }
+    let name = check_name(cx, &spec.name)?;
+    let p = apply_settings(Pipeline::new(name), &spec.settings);
     let partitions = check_partitions(cx, &spec.source.partitions)?;
     let mut stream: Stream<Message> =
         p.source_with_partitions(spec.source.topic.clone(), partitions);
@@ -292,23 +330,14 @@ fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
     });
     recs = recs.uid("parse");
     for f in &spec.filter {
-        let cmp = match f.op.get_ref().as_str() {
-            "eq" => Cmp::Eq,
-            "ne" => Cmp::Ne,
-            "lt" => Cmp::Lt,
-            "le" => Cmp::Le,
-            "gt" => Cmp::Gt,
-            "ge" => Cmp::Ge,
-            "exists" => Cmp::Exists,
-            "missing" => Cmp::Missing,
-            other => {
-                return cx.err(
-                    f.op.span(),
-                    format!(
-                        "unknown filter op {other:?} (eq, ne, lt, le, gt, ge, exists, missing)"
-                    ),
-                )
-            }
+        let Some(cmp) = parse_cmp(f.op.get_ref()) else {
+            return cx.err(
+                f.op.span(),
+                format!(
+                    "unknown filter op {:?} (eq, ne, lt, le, gt, ge, exists, missing)",
+                    f.op.get_ref()
+                ),
+            );
         };
         let want = match (&f.value, cmp) {
             (None, Cmp::Exists | Cmp::Missing) => Value::Null,

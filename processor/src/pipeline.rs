@@ -51,12 +51,20 @@ use crate::graph::node::{
 use crate::graph::{
     Edge, Exchange, GraphSpec, NodeFactory, NodeInit, NodeSpec, OutputSpec, SourceSpec,
 };
+use crate::join::{Either, JoinKind};
 use crate::keygroup::{KeyGroups, DEFAULT_MAX_PARALLELISM};
 use crate::operator::{Identity, Named, Operator, Stage};
+use crate::ops::interval_join::IntervalJoinFn;
+use crate::ops::table_join::TableJoinFn;
+use crate::ops::temporal_join::TemporalJoinFn;
 use crate::ops::window::LateFn;
-use crate::ops::{Filter, FlatMap, Map, TableAggregate, WindowAggregate};
+use crate::ops::window_join::WindowJoinFn;
+use crate::ops::{
+    Filter, FlatMap, IntervalJoin, Map, TableAggregate, TableJoin, TemporalJoin, WindowAggregate,
+    WindowJoin,
+};
 use crate::record::{Message, OutRecord, WindowResult};
-use crate::state::Key;
+use crate::state::{Key, StateCodec};
 use crate::window::Window;
 
 pub use crate::graph::TopicSpec;
@@ -674,9 +682,193 @@ impl<K: Key, T: Clone + Send + 'static> KeyedStream<K, T> {
         }
     }
 
+    /// Gives the key_by step a stable id of your choosing.
+    pub fn uid(self, uid: &str) -> Self {
+        self.b.borrow_mut().nodes[self.node].id = uid.to_string();
+        self
+    }
+
     /// Writes the stream back out of the keyed form.
     pub fn to_stream(self) -> Stream<(K, T)> {
         Stream::at(&self.b, self.node)
+    }
+}
+
+/// A keyed node over two keyed inputs, `(K, A)` on port 0 and `(K, B)` on port 1, as an [`Either`].
+fn two_input_node<K, A, B, O>(
+    b: &Shared,
+    kind: &str,
+    detail: String,
+    left: usize,
+    right: usize,
+    make: impl Fn(&str) -> Box<dyn Stage<Either<(K, A), (K, B)>, Out = O>> + Send + Sync + 'static,
+) -> usize
+where
+    K: Key,
+    A: Clone + Send + 'static,
+    B: Clone + Send + 'static,
+    O: Clone + Send + 'static,
+{
+    type In<K, A, B> = Either<(K, A), (K, B)>;
+    keyed_node_with_ports(
+        b,
+        kind,
+        detail,
+        vec![(left, exchange::<K, A>()), (right, exchange::<K, B>())],
+        || {
+            vec![
+                Box::new(KeyedPort::<(K, A), In<K, A, B>>::new(Either::Left))
+                    as Box<dyn Port<In<K, A, B>>>,
+                Box::new(KeyedPort::<(K, B), In<K, A, B>>::new(Either::Right)),
+            ]
+        },
+        make,
+    )
+}
+
+/// Whether two handles belong to one pipeline (joins cannot span pipelines).
+fn same_pipeline(a: &Shared, b: &Shared) -> bool {
+    let same = Rc::ptr_eq(a, b);
+    if !same {
+        a.borrow_mut()
+            .fail("a join's inputs must come from the same Pipeline");
+    }
+    same
+}
+
+impl<K: Key, T: Clone + Send + StateCodec + 'static> KeyedStream<K, T> {
+    /// Joins each element with the row of `table` for its key that was current at the element's event time
+    /// (the row with the largest time at or before it; a tombstone there means none), as Flink's temporal
+    /// join `FOR SYSTEM_TIME AS OF`. Elements wait until the watermark passes them, so a row that arrives a
+    /// little after an element but is older than it is still found. `kind`: `Inner` drops elements without
+    /// a row, `Left` gives `f` None.
+    pub fn join_table<V, O>(
+        self,
+        table: &Table<K, V>,
+        kind: JoinKind,
+        f: impl Fn(&K, T, Option<&V>) -> O + Send + Sync + 'static,
+    ) -> Stream<O>
+    where
+        V: StateCodec + Clone + Send + 'static,
+        O: Clone + Send + 'static,
+    {
+        same_pipeline(&self.b, &table.b);
+        let f: TemporalJoinFn<K, T, V, O> = Arc::new(f);
+        let detail = format!("{kind:?} join with the table as of each element's time");
+        let node = two_input_node(&self.b, "join", detail, self.node, table.node, move |id| {
+            Box::new(Named::new(id, TemporalJoin::new(kind, f.clone())))
+        });
+        Stream::at(&self.b, node)
+    }
+
+    /// Joins elements of this stream (`a`) and `other` (`b`) with the same key when
+    /// `a.ts + lower <= b.ts <= a.ts + upper` (milliseconds), as Flink's interval join. Pairs are emitted as
+    /// soon as both are there; state is dropped once the watermark passes the interval. Outer kinds emit
+    /// unmatched elements when their interval has passed.
+    pub fn interval_join<R, O>(
+        self,
+        other: &KeyedStream<K, R>,
+        kind: JoinKind,
+        lower: Duration,
+        upper: Duration,
+        f: impl Fn(&K, Option<&T>, Option<&R>) -> O + Send + Sync + 'static,
+    ) -> Stream<O>
+    where
+        R: StateCodec + Clone + Send + 'static,
+        O: Clone + Send + 'static,
+    {
+        let lo = lower.as_millis().min(i64::MAX as u128) as i64;
+        let hi = upper.as_millis().min(i64::MAX as u128) as i64;
+        self.interval_join_ms(other, kind, lo, hi, f)
+    }
+
+    /// [`KeyedStream::interval_join`] with bounds in signed milliseconds (`lower` may be negative: `b` may
+    /// come before `a`).
+    pub fn interval_join_ms<R, O>(
+        self,
+        other: &KeyedStream<K, R>,
+        kind: JoinKind,
+        lower: i64,
+        upper: i64,
+        f: impl Fn(&K, Option<&T>, Option<&R>) -> O + Send + Sync + 'static,
+    ) -> Stream<O>
+    where
+        R: StateCodec + Clone + Send + 'static,
+        O: Clone + Send + 'static,
+    {
+        same_pipeline(&self.b, &other.b);
+        let (lower, upper) = if lower <= upper {
+            (lower, upper)
+        } else {
+            self.b.borrow_mut().fail(format!(
+                "an interval join needs lower <= upper, got {lower} and {upper} ms"
+            ));
+            (0, 0)
+        };
+        let f: IntervalJoinFn<K, T, R, O> = Arc::new(f);
+        let detail =
+            format!("{kind:?} interval join, b.ts in [a.ts {lower:+} ms, a.ts {upper:+} ms]");
+        let node = two_input_node(
+            &self.b,
+            "interval_join",
+            detail,
+            self.node,
+            other.node,
+            move |id| {
+                match IntervalJoin::new(kind, lower, upper, f.clone()) {
+                    Ok(j) => Box::new(Named::new(id, j)) as Box<dyn Stage<_, Out = O>>,
+                    // Unreachable: the bounds were checked above. An empty operator rather than a panic.
+                    Err(_) => Box::new(Named::new(
+                        id,
+                        FlatMap(|_: Either<(K, T), (K, R)>| None::<O>),
+                    )) as Box<dyn Stage<_, Out = _>>,
+                }
+            },
+        );
+        Stream::at(&self.b, node)
+    }
+
+    /// Joins the elements of this stream and `other` that have the same key and fall in the same (tumbling
+    /// or hopping) window; each window's pairs are emitted when it closes, with the window's bounds.
+    pub fn window_join<R, O>(
+        self,
+        other: &KeyedStream<K, R>,
+        kind: JoinKind,
+        window: Window,
+        f: impl Fn(&K, Option<&T>, Option<&R>, i64, i64) -> O + Send + Sync + 'static,
+    ) -> Stream<O>
+    where
+        R: StateCodec + Clone + Send + 'static,
+        O: Clone + Send + 'static,
+    {
+        same_pipeline(&self.b, &other.b);
+        let f: WindowJoinFn<K, T, R, O> = Arc::new(f);
+        let valid = match WindowJoin::<K, T, R, O>::new(kind, window, f.clone()) {
+            Ok(_) => true,
+            Err(e) => {
+                self.b.borrow_mut().fail(e.to_string());
+                false
+            }
+        };
+        let detail = format!("{kind:?} window join, window {window:?}");
+        let node = two_input_node(
+            &self.b,
+            "window_join",
+            detail,
+            self.node,
+            other.node,
+            move |id| {
+                match WindowJoin::new(kind, window, f.clone()) {
+                    Ok(j) if valid => Box::new(Named::new(id, j)) as Box<dyn Stage<_, Out = O>>,
+                    // Unreachable: a window that does not validate fails the build above.
+                    _ => Box::new(Named::new(
+                        id,
+                        FlatMap(|_: Either<(K, T), (K, R)>| None::<O>),
+                    )) as Box<dyn Stage<_, Out = _>>,
+                }
+            },
+        );
+        Stream::at(&self.b, node)
     }
 }
 
@@ -774,6 +966,22 @@ impl<K, V> Clone for Table<K, V> {
 }
 
 impl<K: Key, V: Clone + Send + 'static> Table<K, V> {
+    /// Event time of the table's records (None: the record timestamp), for a table read from a topic.
+    pub fn event_time(self, f: impl Fn(&Message) -> Option<i64> + Send + Sync + 'static) -> Self {
+        let mut g = self.b.borrow_mut();
+        // A table from a topic is its source's node and the step that turns records into changes.
+        let source = g.nodes[self.node]
+            .inputs
+            .first()
+            .and_then(|e| g.nodes[e.from].source);
+        match source {
+            Some(s) if g.sources[s].table => g.sources[s].event_time = Some(Arc::new(f)),
+            _ => g.fail("event_time applies to a table read from a topic, right after table()"),
+        }
+        drop(g);
+        self
+    }
+
     /// The table's changes as a stream.
     pub fn to_stream(self) -> Stream<(K, Option<V>)> {
         Stream::at(&self.b, self.node)
@@ -790,6 +998,39 @@ impl<K: Key, V: Clone + Send + 'static> Table<K, V> {
         Table {
             b: s.b,
             node: s.node,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<K: Key, A: Clone + Send + StateCodec + 'static> Table<K, A> {
+    /// Joins two tables by key, emitting the joined table's changes (as Kafka Streams' KTable-KTable join):
+    /// after every change of either side the key's joined value, or a deletion when it had one and no longer
+    /// has. `Inner`: both sides present; `Left`: this side present; `Full`: either.
+    pub fn join<B, O>(
+        self,
+        other: &Table<K, B>,
+        kind: JoinKind,
+        f: impl Fn(&K, Option<&A>, Option<&B>) -> O + Send + Sync + 'static,
+    ) -> Table<K, O>
+    where
+        B: StateCodec + Clone + Send + 'static,
+        O: Clone + Send + 'static,
+    {
+        same_pipeline(&self.b, &other.b);
+        let f: TableJoinFn<K, A, B, O> = Arc::new(f);
+        let detail = format!("{kind:?} table-table join");
+        let node = two_input_node::<K, Option<A>, Option<B>, (K, Option<O>)>(
+            &self.b,
+            "table_join",
+            detail,
+            self.node,
+            other.node,
+            move |id| Box::new(Named::new(id, TableJoin::new(kind, f.clone()))),
+        );
+        Table {
+            b: self.b,
+            node,
             _t: PhantomData,
         }
     }
