@@ -189,6 +189,17 @@ impl TestDriver {
         self.settle();
     }
 
+    /// Ends every source, as a bounded pipeline's sources end: the watermark moves to the end of time, so
+    /// every window, buffered join element and event-time timer fires.
+    pub fn finish(&mut self) {
+        for p in 0..self.max_ts.len() {
+            self.max_ts[p] = i64::MAX;
+            self.board.observe(p, i64::MAX);
+            self.board.set_idle(p, false);
+        }
+        self.settle();
+    }
+
     fn source_watermarks(&self) -> Vec<SourceWatermark> {
         self.base
             .iter()

@@ -20,7 +20,7 @@ use crate::file::{
 use crate::join::JoinKind;
 use crate::json_agg::{AggOp, JsonAggs};
 use crate::json_rec::{key_of, Rec};
-use crate::pipeline::{Job, Pipeline, Stream, Table};
+use crate::pipeline::{EndAt, Job, Pipeline, StartAt, Stream, Table};
 use crate::record::{Message, OutRecord, WindowResult};
 use crate::trigger::Trigger;
 use crate::window::Window;
@@ -49,6 +49,18 @@ struct SourceDef {
     topic: String,
     partitions: Option<Spanned<i32>>,
     event_time: Option<Spanned<Selector>>,
+    /// "earliest" (default), "latest", { offset = n } or { time_ms = n }.
+    start: Option<Spanned<Position>>,
+    /// "end", { offset = n } or { time_ms = n }: a bounded source (a batch job when all are bounded).
+    end: Option<Spanned<Position>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Position {
+    Named(String),
+    Offset { offset: i64 },
+    Time { time_ms: i64 },
 }
 
 /// `"record_key"`, or `{ field = "...", default = ... }` (a JSON field of the value; `default` when it is
@@ -241,10 +253,34 @@ pub(crate) fn build(spec: GraphFile, cx: &Ctx) -> Result<Job> {
                 let v: Value = serde_json::from_slice(m.value.as_deref()?).ok()?;
                 crate::json_rec::lookup(&v, f).and_then(Value::as_i64)
             };
+            let start = match d.start.as_ref().map(|s| (s.get_ref().clone(), s.span())) {
+                None => StartAt::Earliest,
+                Some((Position::Named(n), _)) if n == "earliest" => StartAt::Earliest,
+                Some((Position::Named(n), _)) if n == "latest" => StartAt::Latest,
+                Some((Position::Offset { offset }, _)) => StartAt::Offset(offset),
+                Some((Position::Time { time_ms }, _)) => StartAt::Time(time_ms),
+                Some((_, span)) => {
+                    return cx.err(
+                        span,
+                        "start is \"earliest\", \"latest\", { offset = n } or { time_ms = n }",
+                    )
+                }
+            };
+            let end = match d.end.as_ref().map(|s| (s.get_ref().clone(), s.span())) {
+                None => EndAt::Unbounded,
+                Some((Position::Named(n), _)) if n == "end" => EndAt::End,
+                Some((Position::Offset { offset }, _)) => EndAt::Offset(offset),
+                Some((Position::Time { time_ms }, _)) => EndAt::Time(time_ms),
+                Some((_, span)) => {
+                    return cx.err(span, "end is \"end\", { offset = n } or { time_ms = n }")
+                }
+            };
             let h = if table {
                 let t = p
                     .table_with_partitions(d.topic.clone(), parts)
                     .event_time(event_time)
+                    .start_at(start)
+                    .bounded(end)
                     .map_values(|m: Message| {
                         let ts = m.timestamp;
                         Rec::from_message(m, ts)
@@ -253,7 +289,9 @@ pub(crate) fn build(spec: GraphFile, cx: &Ctx) -> Result<Job> {
             } else {
                 let s = p
                     .source_with_partitions(d.topic.clone(), parts)
-                    .event_time(event_time);
+                    .event_time(event_time)
+                    .start_at(start)
+                    .bounded(end);
                 Handle::Stream(s.process(|| ToRec).uid(&format!("{name}.parse")))
             };
             handles.insert(name, (h, at));

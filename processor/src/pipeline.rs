@@ -51,6 +51,7 @@ use crate::graph::node::{
 use crate::graph::{
     Edge, Exchange, GraphSpec, NodeFactory, NodeInit, NodeSpec, OutputSpec, SourceSpec,
 };
+pub use crate::graph::{EndAt, StartAt};
 use crate::join::{Either, JoinKind};
 use crate::keygroup::{KeyGroups, DEFAULT_MAX_PARALLELISM};
 use crate::operator::{Identity, Named, Operator, Stage};
@@ -65,6 +66,7 @@ use crate::ops::{
 };
 use crate::record::{Message, OutRecord, WindowResult};
 use crate::state::{Key, StateCodec};
+use crate::task::EventTimeFn;
 use crate::window::Window;
 
 pub use crate::graph::TopicSpec;
@@ -317,8 +319,34 @@ fn add_source(b: &Shared, name: String, partitions: Option<i32>, table: bool) ->
         event_time: None,
         node,
         table,
+        start: StartAt::Earliest,
+        end: EndAt::Unbounded,
     });
     node
+}
+
+/// Applies `f` to the source a handle reads: a stream's own source node, or the source under a table read
+/// from a topic (its source and the step that turns records into changes).
+fn with_source(b: &Shared, node: usize, table: bool, what: &str, f: impl FnOnce(&mut SourceSpec)) {
+    let mut g = b.borrow_mut();
+    let source = if table {
+        g.nodes[node]
+            .inputs
+            .first()
+            .and_then(|e| g.nodes[e.from].source)
+            .filter(|s| g.sources[*s].table)
+    } else {
+        g.nodes[node].source
+    };
+    match source {
+        Some(s) => f(&mut g.sources[s]),
+        None if table => g.fail(format!(
+            "{what} applies to a table read from a topic, right after table()"
+        )),
+        None => g.fail(format!(
+            "{what} applies to a source stream, right after source()"
+        )),
+    }
 }
 
 fn same<T>(t: T) -> T {
@@ -591,12 +619,24 @@ impl<T: Clone + Send + 'static> Stream<T> {
     /// Event time from the source record (None: the record's timestamp). Applies to a source stream, right
     /// after `source`.
     pub fn event_time(self, f: impl Fn(&Message) -> Option<i64> + Send + Sync + 'static) -> Self {
-        let mut g = self.b.borrow_mut();
-        match g.nodes[self.node].source {
-            Some(s) => g.sources[s].event_time = Some(Arc::new(f)),
-            None => g.fail("event_time applies to a source stream, right after source()"),
-        }
-        drop(g);
+        let f: EventTimeFn = Arc::new(f);
+        with_source(&self.b, self.node, false, "event_time", |s| {
+            s.event_time = Some(f)
+        });
+        self
+    }
+
+    /// Where the source starts reading when the pipeline has no checkpoint (default: the log start).
+    pub fn start_at(self, start: StartAt) -> Self {
+        with_source(&self.b, self.node, false, "start_at", |s| s.start = start);
+        self
+    }
+
+    /// Makes the source finite: it ends at `end`. A pipeline whose sources are all bounded is a batch job:
+    /// when every source has been read to its end the watermark moves to the end of time (every window and
+    /// event-time timer fires), a final checkpoint commits, and the pipeline stops.
+    pub fn bounded(self, end: EndAt) -> Self {
+        with_source(&self.b, self.node, false, "bounded", |s| s.end = end);
         self
     }
 }
@@ -968,17 +1008,22 @@ impl<K, V> Clone for Table<K, V> {
 impl<K: Key, V: Clone + Send + 'static> Table<K, V> {
     /// Event time of the table's records (None: the record timestamp), for a table read from a topic.
     pub fn event_time(self, f: impl Fn(&Message) -> Option<i64> + Send + Sync + 'static) -> Self {
-        let mut g = self.b.borrow_mut();
-        // A table from a topic is its source's node and the step that turns records into changes.
-        let source = g.nodes[self.node]
-            .inputs
-            .first()
-            .and_then(|e| g.nodes[e.from].source);
-        match source {
-            Some(s) if g.sources[s].table => g.sources[s].event_time = Some(Arc::new(f)),
-            _ => g.fail("event_time applies to a table read from a topic, right after table()"),
-        }
-        drop(g);
+        let f: EventTimeFn = Arc::new(f);
+        with_source(&self.b, self.node, true, "event_time", |s| {
+            s.event_time = Some(f)
+        });
+        self
+    }
+
+    /// Where the table's topic starts being read (default: the log start).
+    pub fn start_at(self, start: StartAt) -> Self {
+        with_source(&self.b, self.node, true, "start_at", |s| s.start = start);
+        self
+    }
+
+    /// Makes the table's topic finite (see [`Stream::bounded`]).
+    pub fn bounded(self, end: EndAt) -> Self {
+        with_source(&self.b, self.node, true, "bounded", |s| s.end = end);
         self
     }
 

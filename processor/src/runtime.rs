@@ -47,7 +47,7 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, Result};
 use crate::graph::node::Batch;
-use crate::graph::GraphSpec;
+use crate::graph::{EndAt, GraphSpec, StartAt};
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Job, TopicSpec};
 use crate::source::for_each_record;
@@ -96,8 +96,42 @@ struct InputPartition {
     board: usize,
     log: Arc<Log>,
     offset: i64,
+    /// Where a bounded source stops (exclusive).
+    end: Option<i64>,
     max_ts: i64,
     last_data_ms: i64,
+}
+
+impl InputPartition {
+    fn finished(&self) -> bool {
+        self.end.is_some_and(|e| self.offset >= e)
+    }
+}
+
+/// Where a source with no checkpointed position starts in `log`.
+fn start_offset(log: &Log, start: StartAt) -> i64 {
+    let (first, end) = (log.log_start_offset(), log.log_end_offset());
+    match start {
+        StartAt::Earliest => first,
+        StartAt::Latest => end,
+        StartAt::Offset(o) => o.clamp(first, end),
+        StartAt::Time(t) => log.offset_for_timestamp(t).map_or(end, |(o, _)| o),
+    }
+}
+
+/// Where a bounded source stops in `log` (exclusive), resolved when the pipeline starts.
+fn end_offset(log: &Log, end: EndAt) -> Option<i64> {
+    let last = log.log_end_offset();
+    match end {
+        EndAt::Unbounded => None,
+        EndAt::End => Some(last),
+        EndAt::Offset(o) => Some(o.min(last)),
+        EndAt::Time(t) => Some(
+            t.checked_add(1)
+                .and_then(|t| log.offset_for_timestamp(t))
+                .map_or(last, |(o, _)| o),
+        ),
+    }
 }
 
 /// What a task hands in at a checkpoint.
@@ -145,6 +179,8 @@ struct Shared {
     idle_timeout_ms: i64,
     fsync: bool,
     max_parallelism: u32,
+    /// Every source is bounded: the pipeline stops when all are read.
+    bounded: bool,
     /// When the metrics were last logged at info level.
     last_report_ms: AtomicI64,
     rt: tokio::runtime::Handle,
@@ -188,6 +224,16 @@ impl Shared {
             self.published_idle[i].store(w.idle, Ordering::Release);
             self.published_wm[i].store(w.watermark, Ordering::Release);
         }
+    }
+
+    /// Whether every task has run the last stage with every source at the end of time.
+    fn all_done(&self) -> bool {
+        let last = self.stages - 1;
+        (0..self.tasks).all(|t| {
+            (0..self.source_ranges.len()).all(|s| {
+                self.published_wm[self.pub_index(last, t, s)].load(Ordering::Acquire) == i64::MAX
+            })
+        })
     }
 
     /// Hands a task's outgoing batches to the inboxes of their tasks.
@@ -264,6 +310,21 @@ impl RunningPipeline {
         self.shared
             .checkpoint_requested
             .store(true, Ordering::Release);
+        self.finish()
+    }
+
+    /// Waits until a batch pipeline (every source bounded) has read everything, committed and stopped, or
+    /// until any pipeline fails; returns the final metrics.
+    pub fn wait(self) -> Result<PipelineMetrics> {
+        self.finish()
+    }
+
+    /// Whether the pipeline's tasks have all ended (a batch job done, or a failure).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    fn finish(self) -> Result<PipelineMetrics> {
         for t in self.threads {
             let _ = t.join();
         }
@@ -444,20 +505,25 @@ pub fn start(
     for (s, logs) in source_logs.into_iter().enumerate() {
         let start = board_index;
         let topic = graph.sources[s].topic.name.clone();
+        let spec = &graph.sources[s];
         for log in logs {
             let partition = log.partition();
             let pos = positions.get(&(topic.clone(), partition)).copied();
-            let (offset, max_ts) = pos.unwrap_or((log.log_start_offset(), i64::MIN));
-            restored_ts.push((board_index, max_ts));
-            parts[board_index % n].push(InputPartition {
+            let (offset, max_ts) =
+                pos.unwrap_or_else(|| (start_offset(&log, spec.start), i64::MIN));
+            let end = end_offset(&log, spec.end);
+            let part = InputPartition {
                 source: s,
                 topic: topic.clone(),
                 board: board_index,
                 log,
                 offset,
+                end,
                 max_ts,
                 last_data_ms: start_ms,
-            });
+            };
+            restored_ts.push((board_index, if part.finished() { i64::MAX } else { max_ts }));
+            parts[board_index % n].push(part);
             board_index += 1;
         }
         source_ranges.push(start..board_index);
@@ -536,6 +602,7 @@ pub fn start(
         idle_timeout_ms: settings.idle_timeout_ms,
         fsync: settings.checkpoint_fsync,
         max_parallelism: groups.max_parallelism as u32,
+        bounded: graph.is_bounded(),
         last_report_ms: AtomicI64::new(now_ms()),
         rt,
     });
@@ -688,8 +755,15 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
             return;
         }
         shared.ship(&mut task);
+        shared.publish(0, i, &before);
         for part in &parts {
-            shared.board.observe(part.board, part.max_ts);
+            if part.finished() {
+                // Read to its end: it holds nothing back any more.
+                shared.board.set_idle(part.board, false);
+                shared.board.observe(part.board, i64::MAX);
+            } else {
+                shared.board.observe(part.board, part.max_ts);
+            }
         }
 
         let mut had_inbox = false;
@@ -703,6 +777,14 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
             }
             shared.ship(&mut task);
             shared.publish(s, i, &wms);
+        }
+
+        if shared.bounded && shared.all_done() {
+            // Every source read to its end and the end of time through every stage of every task: commit
+            // and stop.
+            shared.stopping.store(true, Ordering::Release);
+            shared.checkpoint_requested.store(true, Ordering::Release);
+            continue;
         }
 
         shared.pending_bytes[i].store(task.output().bytes, Ordering::Relaxed);

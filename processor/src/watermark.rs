@@ -64,8 +64,9 @@ impl WatermarkBoard {
         let start = range.start.min(end);
         for (ts, idle) in self.max_ts[start..end].iter().zip(&self.idle[start..end]) {
             let ts = ts.load(Ordering::Acquire);
-            let wm = if ts == i64::MIN {
-                i64::MIN
+            // i64::MAX: a bounded partition read to its end (nothing more will come: the end of time).
+            let wm = if ts == i64::MIN || ts == i64::MAX {
+                ts
             } else {
                 ts.saturating_sub(self.out_of_orderness)
             };

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use millrace_processor::checkpoint::Checkpoint;
 use millrace_processor::local::LocalHost;
+use millrace_processor::pipeline::EndAt;
 use millrace_processor::source::for_each_record;
 use millrace_processor::{start, Count, Host, Message, OutRecord, Pipeline, Window};
 use millrace_protocol::records::BatchBuilder;
@@ -229,4 +230,45 @@ fn restarts_at_another_parallelism_and_partition_count_keep_every_keys_state() {
     wait_for("the second windows", || counts(&out).len() == 41);
     p.stop().unwrap();
     assert_eq!(counts(&out).get("z@10000"), Some(&2));
+}
+
+#[test]
+fn a_bounded_pipeline_reads_to_the_end_commits_every_window_and_stops() {
+    let (_dir, _logs, host, rt) = setup();
+    let input = host.topic("in", Some(2)).unwrap();
+    append(&input[0], &[("a", 1_000), ("b", 2_000), ("a", 15_000)]);
+    append(&input[1], &[("a", 3_000), ("c", 25_000)]);
+    let job = Pipeline::new("batch")
+        .checkpoint_interval(Duration::from_millis(20))
+        .source("in")
+        .bounded(EndAt::End)
+        .key_by(|m: &Message| m.key.clone().unwrap_or_default())
+        .window(Window::tumbling(Duration::from_secs(10)))
+        .late_topic("late")
+        .aggregate(Count)
+        .sink_with_partitions("out", Some(1), |r| {
+            OutRecord::new(
+                Some(r.key),
+                Some(r.value.to_string().into()),
+                r.window_end - 1,
+            )
+        })
+        .unwrap();
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    let m = p.wait().unwrap();
+    assert_eq!(m.records_read, 5);
+    let out = host.topic("out", Some(1)).unwrap();
+    let c = counts(&out);
+    // The last windows close at the end of input, not on a later record.
+    let want: std::collections::BTreeMap<String, u64> =
+        [("a@0", 2), ("b@0", 1), ("a@10000", 1), ("c@20000", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    assert_eq!(c, want);
+
+    // Run again: everything was read, so it ends at once and writes nothing more.
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    assert_eq!(p.wait().unwrap().records_read, 0);
+    assert_eq!(counts(&out), want);
 }

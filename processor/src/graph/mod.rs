@@ -58,7 +58,34 @@ pub struct NodeSpec {
     pub source: Option<usize>,
 }
 
-/// A source: a topic read from its start (or from the checkpoint), entering the graph at `node`.
+/// Where a source starts reading when the pipeline has no checkpoint yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// The log start (Kafka's auto.offset.reset=earliest).
+    #[default]
+    Earliest,
+    /// The log end when the pipeline starts (auto.offset.reset=latest).
+    Latest,
+    /// This offset (clamped into the log).
+    Offset(i64),
+    /// The first record with a timestamp at or after this (epoch ms), as ListOffsets finds it.
+    Time(i64),
+}
+
+/// Where a source stops: never (a stream), or at a bound, which makes it finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EndAt {
+    #[default]
+    Unbounded,
+    /// The log end when the pipeline starts.
+    End,
+    /// Before this offset.
+    Offset(i64),
+    /// Before the first record with a timestamp after this (epoch ms).
+    Time(i64),
+}
+
+/// A source: a topic read from `start` (or from the checkpoint) to `end`, entering the graph at `node`.
 #[derive(Clone)]
 pub struct SourceSpec {
     pub topic: TopicSpec,
@@ -66,6 +93,8 @@ pub struct SourceSpec {
     pub node: usize,
     /// Read as a table (a changelog: latest value per key).
     pub table: bool,
+    pub start: StartAt,
+    pub end: EndAt,
 }
 
 /// A topic the pipeline writes.
@@ -150,6 +179,11 @@ impl GraphSpec {
             stages,
             upstream,
         })
+    }
+
+    /// Whether every source is bounded: the pipeline is a batch job that ends.
+    pub fn is_bounded(&self) -> bool {
+        self.sources.iter().all(|s| s.end != EndAt::Unbounded)
     }
 
     /// The graph as `millrace pipeline check` prints it: one line per node with its inputs.
