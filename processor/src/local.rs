@@ -41,6 +41,13 @@ impl Host for LocalHost {
             .collect()
     }
 
+    fn topic_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self.logs.discover()?.into_iter().map(|(t, _)| t).collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     fn checkpoint_log(&self, pipeline: &str) -> Result<Arc<Log>> {
         let config = LogConfig {
             max_message_bytes: 1 << 30,

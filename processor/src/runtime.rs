@@ -63,6 +63,12 @@ pub trait Host: Send + Sync + 'static {
     fn checkpoint_log(&self, pipeline: &str) -> Result<Arc<Log>>;
     /// A producer id no other producer uses.
     fn new_producer_id(&self) -> Result<i64>;
+    /// The names of the topics that exist (for sources that name a pattern).
+    fn topic_names(&self) -> Result<Vec<String>> {
+        Err(Error::Host(
+            "this host cannot list topics (a source names a pattern)".into(),
+        ))
+    }
 }
 
 /// How much one read of a source partition asks for.
@@ -417,9 +423,38 @@ pub fn start(
     let graph = job.graph.clone();
     let name = settings.name.clone();
 
-    let mut source_logs = Vec::with_capacity(graph.sources.len());
+    // Per source, its partitions with their topic: a pattern reads every topic it matches now (in name
+    // order; topics made later are read after a restart).
+    let mut source_logs: Vec<Vec<(String, Arc<Log>)>> = Vec::with_capacity(graph.sources.len());
     for s in &graph.sources {
-        source_logs.push(topic_logs(&*host, &s.topic)?);
+        let topics = if s.topic.is_pattern() {
+            let mut names: Vec<String> = host
+                .topic_names()?
+                .into_iter()
+                .filter(|t| {
+                    s.topic.matches(t)
+                        && !t.starts_with("__")
+                        && !graph.outputs.iter().any(|o| o.topic.name == *t)
+                })
+                .collect();
+            names.sort();
+            names
+        } else {
+            vec![s.topic.name.clone()]
+        };
+        let mut logs = Vec::new();
+        for t in topics {
+            let spec = TopicSpec {
+                name: t.clone(),
+                partitions: s.topic.partitions,
+            };
+            logs.extend(
+                topic_logs(&*host, &spec)?
+                    .into_iter()
+                    .map(|l| (t.clone(), l)),
+            );
+        }
+        source_logs.push(logs);
     }
     let mut outputs: Vec<OutputPartition> = Vec::new();
     let mut layout = OutputLayout::default();
@@ -504,9 +539,8 @@ pub fn start(
     let start_ms = now_ms();
     for (s, logs) in source_logs.into_iter().enumerate() {
         let start = board_index;
-        let topic = graph.sources[s].topic.name.clone();
         let spec = &graph.sources[s];
-        for log in logs {
+        for (topic, log) in logs {
             let partition = log.partition();
             let pos = positions.get(&(topic.clone(), partition)).copied();
             let (offset, max_ts) =

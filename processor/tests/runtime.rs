@@ -272,3 +272,27 @@ fn a_bounded_pipeline_reads_to_the_end_commits_every_window_and_stops() {
     assert_eq!(p.wait().unwrap().records_read, 0);
     assert_eq!(counts(&out), want);
 }
+
+#[test]
+fn a_source_pattern_reads_every_matching_topic() {
+    let (_dir, _logs, host, rt) = setup();
+    for (t, k) in [("orders-eu", "e"), ("orders-us", "u"), ("other", "o")] {
+        let logs = host.topic(t, Some(1)).unwrap();
+        append(&logs[0], &[(k, 1_000)]);
+    }
+    let job = Pipeline::new("pattern")
+        .checkpoint_interval(Duration::from_millis(20))
+        .source("orders-*")
+        .bounded(EndAt::End)
+        .sink_with_partitions("all-orders", Some(1), |m: Message| m.into())
+        .unwrap();
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    assert_eq!(p.wait().unwrap().records_read, 2);
+    let out = host.topic("all-orders", Some(1)).unwrap();
+    let mut keys: Vec<_> = read_all(&out[0])
+        .into_iter()
+        .map(|m| m.key.unwrap())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, [Bytes::from("e"), Bytes::from("u")]);
+}

@@ -31,6 +31,41 @@ pub struct TopicSpec {
     pub partitions: Option<i32>,
 }
 
+impl TopicSpec {
+    /// Whether the name is a pattern (`*` any run of characters, `?` one character) rather than a topic.
+    pub fn is_pattern(&self) -> bool {
+        self.name.contains(['*', '?'])
+    }
+
+    /// Whether `topic` matches this spec's pattern (or is its topic).
+    pub fn matches(&self, topic: &str) -> bool {
+        glob(self.name.as_bytes(), topic.as_bytes())
+    }
+}
+
+/// Glob matching with `*` and `?`, iterative with one backtrack point (linear in practice, never
+/// exponential).
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
 /// One input of a node.
 #[derive(Clone)]
 pub struct Edge {
@@ -186,6 +221,11 @@ impl GraphSpec {
         self.sources.iter().all(|s| s.end != EndAt::Unbounded)
     }
 
+    /// Whether `topic` is one the pipeline reads (a source's topic, or a match of its pattern).
+    pub fn reads(&self, topic: &str) -> bool {
+        self.sources.iter().any(|s| s.topic.matches(topic))
+    }
+
     /// The graph as `millrace pipeline check` prints it: one line per node with its inputs.
     pub fn describe(&self) -> String {
         let mut out = String::new();
@@ -212,5 +252,26 @@ impl GraphSpec {
             out.push('\n');
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        let t = |p: &str| TopicSpec {
+            name: p.into(),
+            partitions: None,
+        };
+        assert!(t("orders-*").matches("orders-eu"));
+        assert!(t("orders-*").matches("orders-"));
+        assert!(!t("orders-*").matches("order-eu"));
+        assert!(t("a?c").matches("abc"));
+        assert!(!t("a?c").matches("ac"));
+        assert!(t("*x*y").matches("0x1x2y"));
+        assert!(t("plain").matches("plain") && !t("plain").matches("plainer"));
+        assert!(t("*").is_pattern() && !t("plain").is_pattern());
     }
 }
