@@ -405,9 +405,11 @@ where
     I: 'static,
     O: Clone + Send + 'static,
 {
+    let make = Arc::new(make);
     let factory: NodeFactory = Arc::new(move |init: &NodeInit<'_>| {
         let id = init.id.to_string();
-        Box::new(KeyedNode::new(&|| make(&id), ports(), init))
+        let make = make.clone();
+        Box::new(KeyedNode::new(Box::new(move || make(&id)), ports(), init))
     });
     let edges = inputs
         .into_iter()

@@ -75,6 +75,10 @@ pub trait Host: Send + Sync + 'static {
 const READ_BYTES: usize = 1 << 20;
 /// How long a caught-up task waits for an append before it looks at checkpoints and idleness again.
 const IDLE_POLL: Duration = Duration::from_millis(10);
+/// A task stops reading input while another task's inbox holds more batches than this (backpressure: a
+/// slow task's inbox cannot grow without bound; every task drains its inbox whether or not it reads, so
+/// this cannot deadlock).
+const MAX_INBOX_BATCHES: usize = 1024;
 /// The least time between two checkpoints taken early because a caught-up task has output waiting.
 const MIN_CHECKPOINT_GAP_MS: i64 = 10;
 
@@ -165,6 +169,8 @@ struct Shared {
     source_ranges: Vec<std::ops::Range<usize>>,
     /// Per (task, stage): `inboxes[task * stages + stage]`.
     inboxes: Vec<Mutex<Vec<Inbound>>>,
+    /// Batches waiting in each task's inboxes (all stages).
+    inbox_batches: Vec<AtomicUsize>,
     /// Watermarks each task last used per (stage, task, source), published after it shipped that stage.
     published_wm: Vec<AtomicI64>,
     published_idle: Vec<AtomicBool>,
@@ -248,6 +254,7 @@ impl Shared {
             let stage = self.graph.stage.get(node).copied().unwrap_or(0);
             if let Some(inbox) = self.inboxes.get(target * self.stages + stage) {
                 inbox.lock().push((node, port, batch));
+                self.inbox_batches[target].fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -256,6 +263,7 @@ impl Shared {
     fn drain_inbox(&self, i: usize, stage: usize, task: &mut Task) -> bool {
         let inbox = std::mem::take(&mut *self.inboxes[i * self.stages + stage].lock());
         let any = !inbox.is_empty();
+        self.inbox_batches[i].fetch_sub(inbox.len(), Ordering::Relaxed);
         for (node, port, batch) in inbox {
             task.deliver(node, port, batch);
         }
@@ -605,6 +613,7 @@ pub fn start(
         stages,
         source_ranges,
         inboxes: (0..n * stages).map(|_| Mutex::new(Vec::new())).collect(),
+        inbox_batches: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         published_wm: (0..stages * n * sources)
             .map(|_| AtomicI64::new(i64::MIN))
             .collect(),
@@ -767,7 +776,12 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
         let now = now_ms();
         let before = shared.stage_watermarks(0);
         let mut got_data = false;
-        for part in parts.iter_mut() {
+        let backpressured = shared
+            .inbox_batches
+            .iter()
+            .enumerate()
+            .any(|(t, n)| t != i && n.load(Ordering::Relaxed) > MAX_INBOX_BATCHES);
+        for part in parts.iter_mut().filter(|_| !backpressured) {
             match read_partition(shared, &mut task, part, &mut read) {
                 Ok(got) => {
                     if got {
@@ -830,13 +844,16 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
         let since = now - shared.last_checkpoint_ms.load(Ordering::Relaxed);
         // Outputs become visible at checkpoints: commit on the interval, when enough is pending, and as soon as
         // a caught-up task has output waiting (so a quiet pipeline does not sit on results for a whole interval).
-        let caught_up = !got_data && !had_inbox;
+        let caught_up = !got_data && !had_inbox && !backpressured;
         if since >= shared.interval_ms
             || pending >= shared.max_pending
             || (caught_up && pending > 0 && since >= MIN_CHECKPOINT_GAP_MS)
         {
             shared.checkpoint_requested.store(true, Ordering::Release);
             continue;
+        }
+        if backpressured && !had_inbox {
+            std::thread::sleep(Duration::from_millis(1));
         }
         if caught_up {
             match parts.first() {

@@ -309,45 +309,48 @@ impl<I: 'static, O: Clone + Send + 'static> NodeCore for ForwardNode<I, O> {
     }
 }
 
-/// A node with one operator instance per key group its task owns.
+/// Makes a fresh operator chain (one per key group).
+pub type MakeStage<I, O> = Box<dyn Fn() -> Box<dyn Stage<I, Out = O>> + Send>;
+
+/// A node with one operator instance per key group its task owns, made when the group first gets an element
+/// or state (so a task owning thousands of key groups pays only for those in use: watermarks and timers
+/// visit live instances only).
 ///
-/// Invariant: `instances[kg]` is `Some` exactly for the key groups of this task; `watermark` only grows.
+/// Invariants: `instances[kg - owned.start]` is `Some` only for key groups in `owned` that have received an
+/// element or restored state; an instance made late has seen every watermark it missed before its first
+/// element (`watermark`, which only grows, is given to it when it is made).
 pub struct KeyedNode<I, O> {
+    make: MakeStage<I, O>,
+    info: TaskInfo,
+    owned: std::ops::Range<usize>,
     instances: Vec<Option<Box<dyn Stage<I, Out = O>>>>,
     ports: Vec<Box<dyn Port<I>>>,
     late: Option<usize>,
     outbox: Outbox<O>,
     watermark: i64,
-    /// Where an element for a key group this task does not own went (a routing bug: counted, not fatal).
+    /// The last processing time seen (given to instances made later), i64::MIN before the first.
+    now: i64,
+    /// Elements for a key group this task does not own (a routing bug: counted and logged, not fatal).
     misrouted: u64,
 }
 
 impl<I, O> KeyedNode<I, O> {
-    pub fn new(
-        make: &dyn Fn() -> Box<dyn Stage<I, Out = O>>,
-        ports: Vec<Box<dyn Port<I>>>,
-        init: &NodeInit<'_>,
-    ) -> Self {
+    pub fn new(make: MakeStage<I, O>, ports: Vec<Box<dyn Port<I>>>, init: &NodeInit<'_>) -> Self {
         let g = init.groups;
         let owned = g.groups_of(init.task);
-        let instances = (0..g.max_parallelism)
-            .map(|kg| {
-                owned.contains(&kg).then(|| {
-                    let mut s = make();
-                    s.start(&TaskInfo {
-                        index: init.task,
-                        tasks: g.parallelism,
-                    });
-                    s
-                })
-            })
-            .collect();
         KeyedNode {
-            instances,
+            make,
+            info: TaskInfo {
+                index: init.task,
+                tasks: g.parallelism,
+            },
+            instances: (0..owned.len()).map(|_| None).collect(),
+            owned,
             ports,
             late: init.late,
             outbox: Outbox::default(),
             watermark: i64::MIN,
+            now: i64::MIN,
             misrouted: 0,
         }
     }
@@ -368,6 +371,36 @@ impl<I, O> KeyedNode<I, O> {
     }
 }
 
+/// The instance of key group `kg`, made (and told the time) if it has none yet; None if `kg` is not owned.
+#[allow(clippy::too_many_arguments)]
+fn instance<'a, I, O>(
+    instances: &'a mut [Option<Box<dyn Stage<I, Out = O>>>],
+    owned: &std::ops::Range<usize>,
+    make: &MakeStage<I, O>,
+    info: &TaskInfo,
+    watermark: i64,
+    now: i64,
+    kg: usize,
+    out: &mut dyn Collector<O>,
+) -> Option<&'a mut Box<dyn Stage<I, Out = O>>> {
+    if !owned.contains(&kg) {
+        return None;
+    }
+    let slot = &mut instances[kg - owned.start];
+    if slot.is_none() {
+        let mut s = make();
+        s.start(info);
+        if now != i64::MIN {
+            s.processing_time(now, out);
+        }
+        if watermark != i64::MIN {
+            s.watermark(watermark, out);
+        }
+        *slot = Some(s);
+    }
+    slot.as_mut()
+}
+
 impl<I: 'static, O: Clone + Send + 'static> NodeCore for KeyedNode<I, O> {
     fn push(&mut self, port: usize, batch: Batch, cx: &mut NodeCx<'_>) -> Result<()> {
         let Some(p) = self.ports.get(port) else {
@@ -378,12 +411,20 @@ impl<I: 'static, O: Clone + Send + 'static> NodeCore for KeyedNode<I, O> {
             out: cx.out,
             late: self.late,
         };
-        let instances = &mut self.instances;
+        let (instances, owned, make, info) =
+            (&mut self.instances, &self.owned, &self.make, &self.info);
+        let (watermark, now) = (self.watermark, self.now);
         let misrouted = &mut self.misrouted;
-        let ok = p.each(batch, &mut |kg, ts, item| match instances
-            .get_mut(usize::from(kg))
-            .and_then(Option::as_mut)
-        {
+        let ok = p.each(batch, &mut |kg, ts, item| match instance(
+            instances,
+            owned,
+            make,
+            info,
+            watermark,
+            now,
+            usize::from(kg),
+            &mut c,
+        ) {
             Some(s) => s.process(ts, item, &mut c),
             None => *misrouted += 1,
         });
@@ -408,26 +449,42 @@ impl<I: 'static, O: Clone + Send + 'static> NodeCore for KeyedNode<I, O> {
         self.each_instance(cx, |s, c| s.watermark(watermark, c));
     }
     fn processing_time(&mut self, now: i64, cx: &mut NodeCx<'_>) {
+        self.now = self.now.max(now);
         self.each_instance(cx, |s, c| s.processing_time(now, c));
     }
     fn close(&mut self, cx: &mut NodeCx<'_>) {
         self.each_instance(cx, |s, c| s.close(c));
     }
     fn snapshot(&mut self, into: &mut GroupedState) {
-        for (kg, s) in self.instances.iter_mut().enumerate() {
+        for (i, s) in self.instances.iter_mut().enumerate() {
             if let Some(s) = s {
                 let mut state = TaskState::new();
                 s.snapshot(&mut state);
                 if !state.is_empty() {
-                    into.entry(kg as i32).or_default().extend(state);
+                    into.entry((self.owned.start + i) as i32)
+                        .or_default()
+                        .extend(state);
                 }
             }
         }
     }
     fn restore(&mut self, from: &HashMap<i32, Vec<TaskState>>) -> Result<()> {
-        for (kg, s) in self.instances.iter_mut().enumerate() {
-            if let Some(s) = s {
-                for state in from.get(&(kg as i32)).into_iter().flatten() {
+        // Restored before any element or time: no watermark or processing time to give the instances yet.
+        let mut sink = Vec::new();
+        let mut c = ToOutbox {
+            items: &mut sink,
+            out: &mut TaskOutput::new(Default::default(), 0),
+            late: None,
+        };
+        for kg in self.owned.clone() {
+            let Some(states) = from.get(&(kg as i32)) else {
+                continue;
+            };
+            let (instances, owned, make, info) =
+                (&mut self.instances, &self.owned, &self.make, &self.info);
+            if let Some(s) = instance(instances, owned, make, info, i64::MIN, i64::MIN, kg, &mut c)
+            {
+                for state in states {
                     s.restore(state)?;
                 }
             }
