@@ -509,7 +509,7 @@ mod tests {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n != META_FILE)
+            .filter(|n| n != META_FILE && n != ".lock")
             .collect();
         v.sort();
         v

@@ -7,6 +7,9 @@ use std::sync::Arc;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Another process (or another LogManager in this one) holds the data directory.
+    #[error("data directory {0} is in use by another process (its .lock is held)")]
+    DirectoryInUse(String),
     /// A file system operation failed (KAFKA_STORAGE_ERROR).
     #[error("I/O: {0}")]
     Io(#[from] Arc<std::io::Error>),

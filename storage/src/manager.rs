@@ -35,6 +35,9 @@ pub const FLUSH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct LogManager {
     dir: PathBuf,
+    /// `<dir>/.lock`, held with an exclusive flock for the manager's life: two processes writing one data
+    /// directory would corrupt it (a broker and `millrace pipeline run`, or two brokers).
+    _lock: std::fs::File,
     logs: Mutex<HashMap<(String, i32), Arc<Log>>>,
     /// Flipped to `true` by `shutdown`; the maintenance task watches it.
     stopping: watch::Sender<bool>,
@@ -45,8 +48,21 @@ impl LogManager {
     /// [`LogManager::open_all`]: storage does not know which topics exist or their settings.
     pub fn open(dir: &Path) -> Result<LogManager> {
         std::fs::create_dir_all(dir)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(Error::DirectoryInUse(dir.display().to_string()))
+            }
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        }
         Ok(LogManager {
             dir: dir.to_path_buf(),
+            _lock: lock,
             logs: Mutex::new(HashMap::new()),
             stopping: watch::channel(false).0,
         })

@@ -80,12 +80,16 @@ fn create_replaces_a_leftover_and_remove_topic_takes_every_partition_of_that_top
     }
     m.create_partition("a-1", 0, config()).unwrap();
     // A folder of an older incarnation of "b", not open: created afresh, empty.
+    // (Made by a manager of another directory and moved in: a second manager cannot open this one.)
     {
-        let old = LogManager::open(dir.path()).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let old = LogManager::open(elsewhere.path()).unwrap();
         old.create_partition("b", 0, config())
             .unwrap()
             .append_slice(&batch(1), 1)
             .unwrap();
+        drop(old);
+        std::fs::rename(elsewhere.path().join("b-0"), dir.path().join("b-0")).unwrap();
     }
     assert_eq!(
         m.create_partition("b", 0, config())
@@ -148,6 +152,7 @@ fn a_creation_that_fails_part_way_leaves_nothing_behind() {
     let mut left: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".lock")
         .collect();
     left.sort();
     assert_eq!(left, ["other-0", "t-3"]);
@@ -215,4 +220,17 @@ async fn the_maintenance_task_applies_retention_until_shutdown() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[test]
+fn a_data_directory_is_opened_by_one_manager_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = LogManager::open(dir.path()).unwrap();
+    let err = LogManager::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(err, millrace_storage::Error::DirectoryInUse(_)),
+        "{err}"
+    );
+    drop(m);
+    LogManager::open(dir.path()).unwrap();
 }
