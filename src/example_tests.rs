@@ -219,7 +219,16 @@ fn orders_enriched_equals_the_reference_and_the_file() {
 #[test]
 fn revenue_by_country_equals_the_reference_and_the_file() {
     for seed in SEEDS {
-        let (orders, users) = reference::orders_workload(seed, 300, 25, 600_000);
+        let (mut orders, users) = reference::orders_workload(seed, 300, 25, 600_000);
+        // The large-order threshold, on both sides.
+        for (id, amount) in [("edge-1000", 1000), ("edge-999", 999)] {
+            orders.push(Order {
+                order_id: id.into(),
+                user_id: "u1".into(),
+                amount,
+                ts: reference::T0 + 30_000,
+            });
+        }
         let records = order_records(&orders, &users, seed ^ 2);
         let check = |out: &Out| {
             let mut revenue = BTreeMap::new();
