@@ -91,6 +91,17 @@ impl Host for BrokerHost {
             .ok_or_else(|| Error::Host(format!("checkpoint topic {name} has no partition")))
     }
 
+    fn topic_names(&self) -> Result<Vec<String>> {
+        Ok(self
+            .broker
+            .topics
+            .all()
+            .into_iter()
+            .map(|t| t.name.clone())
+            .filter(|n| !millrace_broker::topics::is_internal(n))
+            .collect())
+    }
+
     fn new_producer_id(&self) -> Result<i64> {
         self.broker
             .topics
