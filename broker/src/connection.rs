@@ -5,10 +5,15 @@
 //! fetch long-poll); those futures queue in order to the writer half, which awaits each and writes its response.
 //! So a connection keeps pipelining while earlier requests wait, and responses still leave in request order, as
 //! Kafka requires. The queue is bounded: a client that never reads its responses stops being read.
+//!
+//! A connection with no request for `connections.max.idle.ms` and nothing in flight is closed (Kafka's idle
+//! timeout); one that has sent part of a request and not the rest within `socket.request.read.timeout.ms` is
+//! closed too, so stalled clients do not hold connection slots.
 
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use millrace_protocol::frame::{check_frame, FrameCheck};
@@ -38,12 +43,19 @@ pub async fn serve(
         .config
         .get_i64("socket.request.max.bytes")
         .clamp(1024, i32::MAX as i64) as usize;
+    let ms = |name: &str| Duration::from_millis(broker.config.get_i64(name).max(1) as u64);
+    let idle = ms("connections.max.idle.ms");
+    let read_timeout = ms("socket.request.read.timeout.ms");
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // When the first bytes of the request being read arrived (None: between requests).
+    let mut partial_since: Option<Instant> = None;
+    let mut last_request = Instant::now();
     'conn: loop {
         // Take every whole frame already buffered before reading more.
         loop {
             match check_frame(&buf, max_frame) {
                 FrameCheck::Complete { body_len } => {
+                    last_request = Instant::now();
                     let mut frame = buf.split_to(4 + body_len);
                     let body: Bytes = frame.split_off(4).freeze();
                     match handlers::handle(&broker, body, peer).await {
@@ -73,11 +85,33 @@ pub async fn serve(
                 }
             }
         }
+        partial_since = match (buf.is_empty(), partial_since) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, since) => since,
+        };
+        let deadline = match partial_since {
+            Some(since) => since + read_timeout,
+            None => last_request + idle,
+        };
         tokio::select! {
             n = rd.read_buf(&mut buf) => match n {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if partial_since.is_some() {
+                    tracing::debug!(%peer, ?read_timeout, "a request was not read in time; closing connection");
+                    break;
+                }
+                if tx.capacity() < MAX_IN_FLIGHT {
+                    // Responses still in flight (a long poll): not idle.
+                    last_request = Instant::now();
+                    continue;
+                }
+                tracing::debug!(%peer, ?idle, "idle connection closed");
+                break;
+            }
             _ = shutdown.recv() => break,
         }
     }

@@ -1,7 +1,13 @@
-//! The accept loop: one task per connection, a semaphore capping connections, and graceful shutdown.
+//! The accept loop: one task per connection, a semaphore capping connections (`max.connections`: accepting
+//! waits for a free slot), a cap per client address (`max.connections.per.ip`: a connection over it is closed
+//! at once, so one address cannot take every slot), and graceful shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,6 +24,11 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, signal: impl Future
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let max = broker.config.get_i64("max.connections").clamp(1, 1_000_000) as usize;
     let limit = Arc::new(Semaphore::new(max));
+    let per_ip_max = broker
+        .config
+        .get_i64("max.connections.per.ip")
+        .clamp(1, i64::from(u32::MAX)) as usize;
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let background = broker.start_background(Shutdown::new(notify_tx.subscribe(), done_tx.clone()));
 
     let accept = async {
@@ -34,10 +45,29 @@ pub async fn run(listener: TcpListener, broker: Arc<Broker>, signal: impl Future
                     continue;
                 }
             };
+            let ip = peer.ip();
+            {
+                let mut counts = per_ip.lock();
+                let n = counts.entry(ip).or_insert(0);
+                if *n >= per_ip_max {
+                    tracing::debug!(%peer, per_ip_max, "too many connections from this address; closing");
+                    drop(stream);
+                    continue;
+                }
+                *n += 1;
+            }
             let broker = broker.clone();
             let shutdown = Shutdown::new(notify_tx.subscribe(), done_tx.clone());
+            let per_ip = per_ip.clone();
             tokio::spawn(async move {
                 connection::serve(stream, peer, broker, shutdown).await;
+                let mut counts = per_ip.lock();
+                if let Some(n) = counts.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&ip);
+                    }
+                }
                 drop(permit);
             });
         }

@@ -159,6 +159,28 @@ pub const BROKER: &[BrokerDef] = &[
         kind: Kind::Int,
         dynamic: false,
     },
+    // Kafka's: per client address, over which a new connection is closed at once.
+    BrokerDef {
+        name: "max.connections.per.ip",
+        default: "2147483647",
+        kind: Kind::Int,
+        dynamic: false,
+    },
+    // Kafka's: a connection with no request for this long (and none in flight) is closed.
+    BrokerDef {
+        name: "connections.max.idle.ms",
+        default: "600000",
+        kind: Kind::Long,
+        dynamic: false,
+    },
+    // Ours: a connection that has sent part of a request and not the rest within this long is closed (a
+    // stalled or slow-loris client cannot hold a connection slot for the idle timeout).
+    BrokerDef {
+        name: "socket.request.read.timeout.ms",
+        default: "30000",
+        kind: Kind::Long,
+        dynamic: false,
+    },
     BrokerDef {
         name: "log.segment.bytes",
         default: "1073741824",
