@@ -468,3 +468,91 @@ async fn incremental_alter_configs_and_max_timestamp() {
         );
     }
 }
+
+fn commit(group: &str, offset: i64) -> RequestBody {
+    use millrace_protocol::messages::offset_commit_request::{
+        OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    RequestBody::OffsetCommit(OffsetCommitRequest {
+        group_id: group.into(),
+        generation_id_or_member_epoch: -1,
+        topics: vec![OffsetCommitRequestTopic {
+            name: "t".into(),
+            partitions: vec![OffsetCommitRequestPartition {
+                partition_index: 0,
+                committed_offset: offset,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+fn fetch_committed(group: &str) -> RequestBody {
+    use millrace_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequest, OffsetFetchRequestTopic,
+    };
+    RequestBody::OffsetFetch(OffsetFetchRequest {
+        group_id: group.into(),
+        topics: Some(vec![OffsetFetchRequestTopic {
+            name: "t".into(),
+            partition_indexes: vec![0],
+            ..Default::default()
+        }]),
+        ..Default::default()
+    })
+}
+
+fn committed_in(body: Bytes) -> i64 {
+    use millrace_protocol::messages::offset_fetch_response::OffsetFetchResponse;
+    let mut r = Reader::new(body);
+    decode_response_header(&mut r, false).unwrap();
+    OffsetFetchResponse::decode(&mut r, 5).unwrap().topics[0].partitions[0].committed_offset
+}
+
+/// A commit takes effect in request order: an OffsetFetch pipelined right behind it on the same connection
+/// sees it, and a client that closes its connection before reading the answer has still committed.
+#[tokio::test]
+async fn a_commit_takes_effect_before_requests_pipelined_behind_it() {
+    let b = start().await;
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    let create = RequestBody::CreateTopics(CreateTopicsRequest {
+        topics: vec![CreatableTopic {
+            name: "t".into(),
+            num_partitions: 1,
+            replication_factor: 1,
+            ..Default::default()
+        }],
+        timeout_ms: 1000,
+        ..Default::default()
+    });
+    call(&mut s, 19, 7, create).await;
+    let mut both = frame(8, 2, 1, &commit("g", 42));
+    both.extend(frame(9, 5, 2, &fetch_committed("g")));
+    s.write_all(&both).await.unwrap();
+    read_frame(&mut s).await.expect("commit answered");
+    assert_eq!(committed_in(read_frame(&mut s).await.unwrap()), 42);
+
+    // Commit and hang up at once, without reading the answer.
+    let mut gone = TcpStream::connect(b.addr).await.unwrap();
+    gone.write_all(&frame(8, 2, 3, &commit("h", 7)))
+        .await
+        .unwrap();
+    drop(gone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        s.write_all(&frame(9, 5, 4, &fetch_committed("h")))
+            .await
+            .unwrap();
+        let got = committed_in(read_frame(&mut s).await.unwrap());
+        if got == 7 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit of a closed connection was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

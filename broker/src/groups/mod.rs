@@ -471,14 +471,28 @@ impl Coordinator {
 
     /// Deletes an empty group and its offsets (NON_EMPTY_GROUP while it has members).
     pub async fn delete(&self, group_id: &str, now_ms: i64) -> i16 {
+        match self.delete_now(group_id, now_ms) {
+            (code, Some(d)) if code == code::NONE => match d.wait().await {
+                Ok(()) => code::NONE,
+                Err(e) => e.code(),
+            },
+            (code, _) => code,
+        }
+    }
+
+    /// Deletes an empty group and its offsets at once (in request order); the [`offsets::Durable`] resolves
+    /// when the deletion is on disk.
+    pub fn delete_now(&self, group_id: &str, now_ms: i64) -> (i16, Option<offsets::Durable>) {
         {
             let mut groups = self.groups.lock();
             match groups.get(group_id) {
-                Some(g) if !g.members.is_empty() => return code::NON_EMPTY_GROUP,
+                Some(g) if !g.members.is_empty() => return (code::NON_EMPTY_GROUP, None),
                 Some(_) => {
                     groups.remove(group_id);
                 }
-                None if self.offsets.all(group_id).is_empty() => return code::GROUP_ID_NOT_FOUND,
+                None if self.offsets.all(group_id).is_empty() => {
+                    return (code::GROUP_ID_NOT_FOUND, None)
+                }
                 None => {}
             }
         }
@@ -488,9 +502,9 @@ impl Coordinator {
             .into_iter()
             .map(|(k, _)| (k, None))
             .collect();
-        match self.offsets.write(group_id, deletions, now_ms).await {
-            Ok(()) => code::NONE,
-            Err(e) => e.code(),
+        match self.offsets.apply(group_id, deletions, now_ms) {
+            Ok(d) => (code::NONE, d),
+            Err(e) => (e.code(), None),
         }
     }
 

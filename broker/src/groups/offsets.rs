@@ -42,6 +42,20 @@ pub struct OffsetStore {
     legacy: Mutex<std::collections::HashSet<(String, String, i32)>>,
 }
 
+/// Offsets applied by [`OffsetStore::apply`], on their way to disk.
+pub struct Durable {
+    log: Arc<Log>,
+    last: i64,
+}
+
+impl Durable {
+    /// Resolves once the records are fsynced.
+    pub async fn wait(self) -> Result<()> {
+        self.log.wait_durable(self.last).await?;
+        Ok(())
+    }
+}
+
 /// Kafka's partitioning of groups over the offsets topic: the Java String hash, made non-negative.
 pub fn partition_for(group: &str, partitions: usize) -> usize {
     let mut h: i32 = 0;
@@ -197,8 +211,23 @@ impl OffsetStore {
         entries: Vec<((String, i32), Option<Committed>)>,
         now_ms: i64,
     ) -> Result<()> {
+        match self.apply(group, entries, now_ms)? {
+            Some(d) => d.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Appends commits (or, with `None`, deletions) to the offsets topic and applies them to the in-memory
+    /// view at once, so that a request pipelined behind them sees them; the returned [`Durable`] resolves
+    /// when they are fsynced. The effect does not depend on anyone awaiting it.
+    pub fn apply(
+        &self,
+        group: &str,
+        entries: Vec<((String, i32), Option<Committed>)>,
+        now_ms: i64,
+    ) -> Result<Option<Durable>> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let mut b = BatchBuilder::new(now_ms);
         let mut retired = Vec::new();
@@ -227,9 +256,8 @@ impl OffsetStore {
             }
         }
         let batch: Bytes = b.finish();
-        let log = self.log_for(group)?;
+        let log = self.log_for(group)?.clone();
         let info = log.append_slice(&batch, now_ms)?;
-        log.wait_durable(info.last_offset).await?;
         {
             let mut legacy = self.legacy.lock();
             for id in retired {
@@ -251,7 +279,10 @@ impl OffsetStore {
         if g.is_empty() {
             map.remove(group);
         }
-        Ok(())
+        Ok(Some(Durable {
+            log,
+            last: info.last_offset,
+        }))
     }
 
     pub fn get(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {

@@ -17,12 +17,24 @@ pub fn handle(
     header: &RequestHeader,
     req: DeleteGroupsRequest,
 ) -> Result<Reply, String> {
-    let broker = broker.clone();
     let header = header.clone();
+    // Every deletion takes effect now, in request order; the reply only waits for them to be on disk.
+    let pending: Vec<_> = req
+        .groups_names
+        .into_iter()
+        .map(|group_id| {
+            let (code, durable) = broker.groups.delete_now(&group_id, now_ms());
+            (group_id, code, durable)
+        })
+        .collect();
     Ok(Reply::Later(Box::pin(async move {
-        let mut results = Vec::with_capacity(req.groups_names.len());
-        for group_id in req.groups_names {
-            let error_code = broker.groups.delete(&group_id, now_ms()).await;
+        let mut results = Vec::with_capacity(pending.len());
+        for (group_id, mut error_code, durable) in pending {
+            if let Some(d) = durable {
+                if let Err(e) = d.wait().await {
+                    error_code = e.code();
+                }
+            }
             results.push(DeletableGroupResult {
                 group_id,
                 error_code,

@@ -42,7 +42,9 @@ pub fn handle(
     };
     let broker = broker.clone();
     let header = header.clone();
-    Ok(Reply::Later(Box::pin(async move {
+    // The group transition runs as its own task: it happens even if this connection closes or an earlier
+    // reply on it fails to be written; the reply waits for it.
+    let task = tokio::spawn(async move {
         let out = broker.groups.join(join).await;
         let resp = JoinGroupResponse {
             error_code: out.error_code,
@@ -67,5 +69,8 @@ pub fn handle(
             ..Default::default()
         };
         respond_later(&header, |w, v| resp.encode(w, v))
+    });
+    Ok(Reply::Later(Box::pin(async move {
+        task.await.unwrap_or_default()
     })))
 }

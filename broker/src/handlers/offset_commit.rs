@@ -80,18 +80,32 @@ pub fn handle(
         topics,
         ..Default::default()
     };
-    let broker = broker.clone();
     let header = header.clone();
     let group = req.group_id;
-    Ok(Reply::Later(Box::pin(async move {
-        if let Err(e) = broker.groups.offsets.write(&group, writes, now).await {
-            tracing::warn!(%group, error = %e, "offset commit failed");
-            for t in &mut resp.topics {
-                for p in &mut t.partitions {
-                    if p.error_code == error_code::NONE {
-                        p.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
-                    }
+    // The commit takes effect now, in request order (an OffsetFetch pipelined behind it sees it); the reply
+    // only waits for the fsync, and a connection closed before it is written cancels nothing.
+    let fail = |resp: &mut OffsetCommitResponse| {
+        for t in &mut resp.topics {
+            for p in &mut t.partitions {
+                if p.error_code == error_code::NONE {
+                    p.error_code = error_code::COORDINATOR_NOT_AVAILABLE;
                 }
+            }
+        }
+    };
+    let durable = match broker.groups.offsets.apply(&group, writes, now) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%group, error = %e, "offset commit failed");
+            fail(&mut resp);
+            None
+        }
+    };
+    Ok(Reply::Later(Box::pin(async move {
+        if let Some(d) = durable {
+            if let Err(e) = d.wait().await {
+                tracing::warn!(%group, error = %e, "offset commit not made durable");
+                fail(&mut resp);
             }
         }
         respond_later(&header, |w, v| resp.encode(w, v))

@@ -18,14 +18,16 @@ pub fn handle(
     header: &RequestHeader,
     req: OffsetDeleteRequest,
 ) -> Result<Reply, String> {
-    let broker = broker.clone();
     let header = header.clone();
-    Ok(Reply::Later(Box::pin(async move {
+    // Effects in request order, now; the reply only waits for the fsync.
+    let (mut resp, durable) = {
         let mut resp = OffsetDeleteResponse::default();
         let summary = broker.groups.describe(&req.group_id);
         if summary.state == "Dead" {
             resp.error_code = error_code::GROUP_ID_NOT_FOUND;
-            return respond_later(&header, |w, v| resp.encode(w, v));
+            return Ok(Reply::Later(Box::pin(async move {
+                respond_later(&header, |w, v| resp.encode(w, v))
+            })));
         }
         let subscribed: Vec<String> = summary
             .members
@@ -58,13 +60,23 @@ pub fn handle(
                 ..Default::default()
             });
         }
-        if let Err(e) = broker
+        match broker
             .groups
             .offsets
-            .write(&req.group_id, deletions, now_ms())
-            .await
+            .apply(&req.group_id, deletions, now_ms())
         {
-            resp.error_code = e.code();
+            Ok(d) => (resp, d),
+            Err(e) => {
+                resp.error_code = e.code();
+                (resp, None)
+            }
+        }
+    };
+    Ok(Reply::Later(Box::pin(async move {
+        if let Some(d) = durable {
+            if let Err(e) = d.wait().await {
+                resp.error_code = e.code();
+            }
         }
         respond_later(&header, |w, v| resp.encode(w, v))
     })))

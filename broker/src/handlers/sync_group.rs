@@ -16,7 +16,9 @@ pub fn handle(
 ) -> Result<Reply, String> {
     let broker = broker.clone();
     let header = header.clone();
-    Ok(Reply::Later(Box::pin(async move {
+    // The group transition runs as its own task: it happens even if this connection closes or an earlier
+    // reply on it fails to be written; the reply waits for it.
+    let task = tokio::spawn(async move {
         let assignments = req
             .assignments
             .into_iter()
@@ -40,5 +42,8 @@ pub fn handle(
             ..Default::default()
         };
         respond_later(&header, |w, v| resp.encode(w, v))
+    });
+    Ok(Reply::Later(Box::pin(async move {
+        task.await.unwrap_or_default()
     })))
 }
