@@ -149,6 +149,27 @@ pub fn keyed_outputs(count: u64, bidders: u64, window_ms: u64) -> u64 {
     seen.len() as u64
 }
 
+/// Settings of the join pipelines.
+#[derive(Debug, Clone, Copy)]
+pub struct JoinSettings {
+    pub checkpoint: Duration,
+    pub fsync: bool,
+    /// Key groups (None: the pipeline default, 128): one operator instance per key group a task owns.
+    pub max_parallelism: Option<usize>,
+}
+
+impl JoinSettings {
+    fn pipeline(&self, name: &str) -> Pipeline {
+        let p = Pipeline::new(name)
+            .checkpoint_interval(self.checkpoint)
+            .checkpoint_fsync(self.fsync);
+        match self.max_parallelism {
+            Some(n) => p.max_parallelism(n),
+            None => p,
+        }
+    }
+}
+
 /// The auction id of a bid (its value up to the first comma), zero-copy.
 pub fn bid_auction(m: &Message) -> Bytes {
     m.value.as_ref().map(up_to_comma).unwrap_or_default()
@@ -259,12 +280,9 @@ pub fn table_join_job(
     bids: &str,
     auctions: &str,
     sink: &str,
-    checkpoint: Duration,
-    fsync: bool,
+    settings: JoinSettings,
 ) -> Result<Job> {
-    let p = Pipeline::new(name)
-        .checkpoint_interval(checkpoint)
-        .checkpoint_fsync(fsync);
+    let p = settings.pipeline(name);
     let table = p
         .table(auctions)
         .map_values(|m: Message| m.value.unwrap_or_default());
@@ -300,12 +318,9 @@ pub fn interval_join_job(
     impressions: &str,
     sink: &str,
     interval_ms: i64,
-    checkpoint: Duration,
-    fsync: bool,
+    settings: JoinSettings,
 ) -> Result<Job> {
-    let p = Pipeline::new(name)
-        .checkpoint_interval(checkpoint)
-        .checkpoint_fsync(fsync);
+    let p = settings.pipeline(name);
     let by_bidder = |m: &Message| m.key.clone().unwrap_or_default();
     let imps = p.source(impressions).key_by(by_bidder);
     p.source(bids)
@@ -353,12 +368,9 @@ pub fn join_sum_job(
     auctions: &str,
     sink: &str,
     window_ms: u64,
-    checkpoint: Duration,
-    fsync: bool,
+    settings: JoinSettings,
 ) -> Result<Job> {
-    let p = Pipeline::new(name)
-        .checkpoint_interval(checkpoint)
-        .checkpoint_fsync(fsync);
+    let p = settings.pipeline(name);
     let table = p
         .table(auctions)
         .map_values(|m: Message| m.value.as_ref().map(after_last_eq).unwrap_or_default());

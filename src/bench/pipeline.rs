@@ -38,6 +38,10 @@ pub struct PipelineArgs {
     /// Checkpoint interval of the join cases, in ms (the stateless and keyed cases keep 100 ms).
     #[arg(long, default_value_t = 100)]
     pub join_checkpoint_ms: u64,
+    /// Key groups of the join cases (default: the pipeline default, 128; 1 runs one operator instance per
+    /// keyed step, as a pipeline that may never be rescaled could).
+    #[arg(long)]
+    pub join_max_parallelism: Option<usize>,
     /// Which pipelines to run (`both`: the stateless and the keyed count; `joins`: the three join cases).
     #[arg(long, value_enum, default_value_t = Kind::All)]
     pub kind: Kind,
@@ -96,6 +100,9 @@ struct Measured {
     seconds: f64,
     cpu_seconds: f64,
     outputs: u64,
+    checkpoints: u64,
+    /// Operator state in the last checkpoint.
+    state_bytes: u64,
 }
 
 fn read_only(log: &Log) -> Result<u64> {
@@ -139,8 +146,11 @@ fn run_job(
         std::thread::sleep(Duration::from_micros(200));
     }
     let (seconds, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    let before_stop = running.metrics();
     running.stop()?;
     Ok(Measured {
+        checkpoints: before_stop.checkpoints,
+        state_bytes: before_stop.state_bytes,
         name,
         events,
         seconds,
@@ -224,9 +234,15 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
         seconds: t0.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - c0,
         outputs: read,
+        checkpoints: 0,
+        state_bytes: 0,
     };
     let fsync = !a.no_fsync;
-    let join_checkpoint = Duration::from_millis(a.join_checkpoint_ms.max(1));
+    let join = nexmark::JoinSettings {
+        checkpoint: Duration::from_millis(a.join_checkpoint_ms.max(1)),
+        fsync,
+        max_parallelism: a.join_max_parallelism,
+    };
     let mut results = vec![];
     if a.kind.runs(Kind::Stateless) {
         let job = nexmark::stateless_job(
@@ -269,8 +285,7 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             &source_name,
             &table_name,
             &format!("table-join-out-{run_id}"),
-            join_checkpoint,
-            fsync,
+            join,
         )?;
         let expect = nexmark::table_join_outputs(a.events);
         results.push(run_job(
@@ -290,8 +305,7 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             &impressions_name,
             &format!("interval-join-out-{run_id}"),
             interval,
-            join_checkpoint,
-            fsync,
+            join,
         )?;
         let expect = nexmark::interval_join_outputs(a.events, a.bidders, interval);
         results.push(run_job(
@@ -310,8 +324,7 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             &table_name,
             &format!("join-sum-out-{run_id}"),
             a.window_ms,
-            join_checkpoint,
-            fsync,
+            join,
         )?;
         let expect = nexmark::join_sum_outputs(a.events, a.window_ms);
         results.push(run_job(
@@ -324,6 +337,14 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
         )?);
     }
     logs.shutdown()?;
+    if !a.quiet {
+        for m in &results {
+            eprintln!(
+                "{}: {} outputs, {} checkpoints, {} bytes of state in the last",
+                m.name, m.outputs, m.checkpoints, m.state_bytes
+            );
+        }
+    }
 
     let rate = |m: &Measured| m.events as f64 / m.seconds.max(1e-9);
     let per_cpu = |m: &Measured| {
@@ -343,6 +364,8 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
                 "cpu_seconds": m.cpu_seconds,
                 "events_per_cpu_s": per_cpu(m),
                 "outputs": m.outputs,
+                "checkpoints": m.checkpoints,
+                "state_bytes": m.state_bytes,
                 "ratio_to_read_only": rate(m) / rate(&baseline),
             })
         };
@@ -353,6 +376,7 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             "window_ms": a.window_ms,
             "interval_ms": a.interval_ms,
             "join_checkpoint_ms": a.join_checkpoint_ms,
+            "join_max_parallelism": a.join_max_parallelism,
             "checkpoint_fsync": fsync,
             "baseline": entry(&baseline),
             "pipelines": results.iter().map(entry).collect::<Vec<_>>(),
