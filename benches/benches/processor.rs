@@ -7,6 +7,10 @@
 //! - `stateless_map_filter`: filter (drops 1 in 4) + map (re-key by auction) + sink.
 //! - `keyed_tumbling_count`: key_by bidder (10,000 keys), tumbling 10 s event-time windows (about 10 bids per bidder per window), count, sink.
 //!
+//! - `temporal_join/*`: the temporal (stream-table) join operator alone, no runtime: 100,000 table rows
+//!   loaded, then 200,000 probes on them in event-time order with the watermark moved every 1,000 probes
+//!   (setup, the table load, not timed); `interval_join/*` likewise, bids against one impression each.
+//!
 //! Each iteration runs a fresh pipeline (its own checkpoint topic and sink) over the whole partition and stops
 //! when the last result is written: start-up (restoring nothing) and the last commit are timed, the stop is not. `PIPELINE_BENCH_FSYNC=0`
 //! measures without fsyncing checkpoints (exactly-once across process crashes only).
@@ -15,11 +19,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use millrace_processor::local::LocalHost;
 use millrace_processor::nexmark;
 use millrace_processor::source::for_each_record;
-use millrace_processor::{Host, Job};
+use millrace_processor::{
+    Collector, Either, Host, IntervalJoin, Job, JoinKind, Operator, OutRecord, TemporalJoin,
+};
 use millrace_storage::{Log, LogConfig, LogManager};
 
 const EVENTS: u64 = 500_000;
@@ -131,5 +138,106 @@ fn pipelines(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pipelines);
+/// Counts what an operator emits.
+struct Counted(u64);
+
+impl<T> Collector<T> for Counted {
+    fn emit(&mut self, _timestamp: i64, _item: T) {
+        self.0 += 1;
+    }
+    fn late(&mut self, _record: OutRecord) {}
+}
+
+const ROWS: u64 = 100_000;
+const PROBES: u64 = 200_000;
+
+type Probe = Either<(Bytes, u64), (Bytes, Option<Bytes>)>;
+
+fn operators(c: &mut Criterion) {
+    let keys: Vec<Bytes> = (0..ROWS)
+        .map(|a| Bytes::from(format!("auction-{a:06}")))
+        .collect();
+    let row = Bytes::from_static(b"seller=person-00001,category=07");
+
+    let mut g = c.benchmark_group("temporal_join");
+    g.throughput(Throughput::Elements(PROBES));
+    g.sample_size(20);
+    g.bench_function("probes", |b| {
+        b.iter_batched(
+            || {
+                let mut j: TemporalJoin<Bytes, u64, Bytes, u64> = TemporalJoin::new(
+                    JoinKind::Inner,
+                    Arc::new(|_: &Bytes, l: u64, r: Option<&Bytes>| {
+                        l + r.map_or(0, |r| r.len() as u64)
+                    }),
+                );
+                let mut out = Counted(0);
+                for k in &keys {
+                    let item: Probe = Either::Right((k.clone(), Some(row.clone())));
+                    j.process(nexmark::BASE_TS - 1_000, item, &mut out);
+                }
+                j
+            },
+            |mut j| {
+                let mut out = Counted(0);
+                for i in 0..PROBES {
+                    let ts = nexmark::bid_time(i);
+                    let item: Probe = Either::Left((keys[nexmark::auction(i) as usize].clone(), i));
+                    j.process(ts, item, &mut out);
+                    if i % 1000 == 999 {
+                        j.on_watermark(ts, &mut out);
+                    }
+                }
+                j.on_watermark(i64::MAX, &mut out);
+                assert_eq!(out.0, PROBES);
+                j
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+
+    let bidders: Vec<Bytes> = (0..BIDDERS)
+        .map(|b| Bytes::from(format!("bidder-{b:05}")))
+        .collect();
+    let mut g = c.benchmark_group("interval_join");
+    // Every bid and every impression is an element.
+    g.throughput(Throughput::Elements(2 * PROBES));
+    g.sample_size(20);
+    g.bench_function("bids_impressions", |b| {
+        b.iter_batched(
+            || {
+                IntervalJoin::<Bytes, u64, u64, u64>::new(
+                    JoinKind::Inner,
+                    -500,
+                    0,
+                    Arc::new(|_: &Bytes, l: Option<&u64>, r: Option<&u64>| {
+                        l.copied().unwrap_or(0) ^ r.copied().unwrap_or(0)
+                    }),
+                )
+                .expect("bounds")
+            },
+            |mut j| {
+                let mut out = Counted(0);
+                for i in 0..PROBES {
+                    let key = &bidders[nexmark::bidder(i, BIDDERS) as usize];
+                    let imp: Either<(Bytes, u64), (Bytes, u64)> = Either::Right((key.clone(), i));
+                    j.process(nexmark::impression_time(i), imp, &mut out);
+                    let bid: Either<(Bytes, u64), (Bytes, u64)> = Either::Left((key.clone(), i));
+                    j.process(nexmark::bid_time(i), bid, &mut out);
+                    if i % 1000 == 999 {
+                        j.on_watermark(nexmark::impression_time(i), &mut out);
+                    }
+                }
+                j.on_watermark(i64::MAX, &mut out);
+                assert_eq!(out.0, PROBES);
+                j
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, pipelines, operators);
 criterion_main!(benches);

@@ -3,6 +3,11 @@
 //! scratch data directory, then each pipeline runs over it inside this process exactly as inside the broker
 //! (one task thread per partition, storage reads and appends, exactly-once checkpoints). The baseline, measured
 //! in the same run, is decoding every record of the partition and nothing else.
+//!
+//! The join cases read a second input as well: an auctions table (100,000 rows, loaded before the bids) for
+//! the stream-table join and the join + tumbling sum, and one ad impression per bid for the interval join.
+//! Their events are the records of every input (bids + table rows, bids + impressions), compared with the
+//! baseline's decode rate per record (the inputs' records are of the same size).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,8 +32,18 @@ pub struct PipelineArgs {
     /// Tumbling window of the keyed count, in ms of event time (bids advance 100 µs each).
     #[arg(long, default_value_t = 10_000)]
     pub window_ms: u64,
-    /// Which pipelines to run.
-    #[arg(long, value_enum, default_value_t = Kind::Both)]
+    /// Interval of the interval join: a bid joins the impressions its bidder saw in this many ms before it.
+    #[arg(long, default_value_t = 500)]
+    pub interval_ms: u64,
+    /// Checkpoint interval of the join cases, in ms (the stateless and keyed cases keep 100 ms).
+    #[arg(long, default_value_t = 100)]
+    pub join_checkpoint_ms: u64,
+    /// Key groups of the join cases (default: the pipeline default, 128; 1 runs one operator instance per
+    /// keyed step, as a pipeline that may never be rescaled could).
+    #[arg(long)]
+    pub join_max_parallelism: Option<usize>,
+    /// Which pipelines to run (`both`: the stateless and the keyed count; `joins`: the three join cases).
+    #[arg(long, value_enum, default_value_t = Kind::All)]
     pub kind: Kind,
     /// Do not fsync checkpoints (exactly-once then holds across process crashes, not machine crashes).
     #[arg(long)]
@@ -49,6 +64,21 @@ pub enum Kind {
     Stateless,
     Keyed,
     Both,
+    TableJoin,
+    IntervalJoin,
+    JoinSum,
+    Joins,
+    All,
+}
+
+impl Kind {
+    fn runs(self, case: Kind) -> bool {
+        self == case
+            || self == Kind::All
+            || (self == Kind::Both && matches!(case, Kind::Stateless | Kind::Keyed))
+            || (self == Kind::Joins
+                && matches!(case, Kind::TableJoin | Kind::IntervalJoin | Kind::JoinSum))
+    }
 }
 
 /// This process's user + system CPU time, from /proc (Linux's USER_HZ is 100 on every architecture we run on).
@@ -65,9 +95,14 @@ fn cpu_seconds() -> f64 {
 
 struct Measured {
     name: &'static str,
+    /// Input records processed (the bids, plus the other input's records for a join).
+    events: u64,
     seconds: f64,
     cpu_seconds: f64,
     outputs: u64,
+    checkpoints: u64,
+    /// Operator state in the last checkpoint.
+    state_bytes: u64,
 }
 
 fn read_only(log: &Log) -> Result<u64> {
@@ -87,6 +122,7 @@ fn run_job(
     rt: &tokio::runtime::Handle,
     name: &'static str,
     job: Job,
+    events: u64,
     expect: u64,
 ) -> Result<Measured> {
     let sink = host.topic(&job.sinks()[0].name, Some(1))?;
@@ -110,9 +146,13 @@ fn run_job(
         std::thread::sleep(Duration::from_micros(200));
     }
     let (seconds, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - c0);
+    let before_stop = running.metrics();
     running.stop()?;
     Ok(Measured {
+        checkpoints: before_stop.checkpoints,
+        state_bytes: before_stop.state_bytes,
         name,
+        events,
         seconds,
         cpu_seconds: cpu,
         outputs: sink.log_end_offset() as u64,
@@ -120,8 +160,8 @@ fn run_job(
 }
 
 pub fn run(a: PipelineArgs, rt: tokio::runtime::Handle) -> Result<()> {
-    if a.events == 0 || a.bidders == 0 || a.window_ms == 0 {
-        bail!("--events, --bidders and --window-ms must be positive");
+    if a.events == 0 || a.bidders == 0 || a.window_ms == 0 || a.interval_ms == 0 {
+        bail!("--events, --bidders, --window-ms and --interval-ms must be positive");
     }
     let (dir, remove) = match &a.data_dir {
         Some(d) => (d.clone(), false),
@@ -162,18 +202,49 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             t.elapsed().as_secs_f64()
         );
     }
+    let table_name = format!("auctions-{run_id}");
+    let mut table_rows = 0;
+    if a.kind.runs(Kind::TableJoin) || a.kind.runs(Kind::JoinSum) {
+        let table = host.topic(&table_name, Some(1))?;
+        let table = table.first().ok_or_else(|| anyhow!("no table partition"))?;
+        table_rows = nexmark::append_auction_table(table)?;
+    }
+    let impressions_name = format!("impressions-{run_id}");
+    if a.kind.runs(Kind::IntervalJoin) {
+        let t = Instant::now();
+        let imps = host.topic(&impressions_name, Some(1))?;
+        let imps = imps
+            .first()
+            .ok_or_else(|| anyhow!("no impressions partition"))?;
+        nexmark::append_impressions(imps, 0, a.events, a.bidders)?;
+        if !a.quiet {
+            eprintln!(
+                "generated {} impressions in {:.2} s",
+                a.events,
+                t.elapsed().as_secs_f64()
+            );
+        }
+    }
 
     let (t0, c0) = (Instant::now(), cpu_seconds());
     let read = read_only(&source)?;
     let baseline = Measured {
         name: "read_only",
+        events: a.events,
         seconds: t0.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - c0,
         outputs: read,
+        checkpoints: 0,
+        state_bytes: 0,
     };
     let fsync = !a.no_fsync;
+    let join = nexmark::JoinSettings {
+        checkpoint: Duration::from_millis(a.join_checkpoint_ms.max(1)),
+        fsync,
+        max_parallelism: a.join_max_parallelism,
+    };
     let mut results = vec![];
-    if a.kind != Kind::Keyed {
+    if a.kind.runs(Kind::Stateless) {
         let job = nexmark::stateless_job(
             &format!("stateless-{run_id}"),
             &source_name,
@@ -181,9 +252,16 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             fsync,
         )?;
         let expect = nexmark::stateless_outputs(a.events + 1);
-        results.push(run_job(&host, &rt, "stateless_map_filter", job, expect)?);
+        results.push(run_job(
+            &host,
+            &rt,
+            "stateless_map_filter",
+            job,
+            a.events,
+            expect,
+        )?);
     }
-    if a.kind != Kind::Stateless {
+    if a.kind.runs(Kind::Keyed) {
         let job = nexmark::keyed_count_job(
             &format!("keyed-{run_id}"),
             &source_name,
@@ -192,15 +270,86 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             fsync,
         )?;
         let expect = nexmark::keyed_outputs(a.events, a.bidders, a.window_ms);
-        results.push(run_job(&host, &rt, "keyed_tumbling_count", job, expect)?);
+        results.push(run_job(
+            &host,
+            &rt,
+            "keyed_tumbling_count",
+            job,
+            a.events,
+            expect,
+        )?);
+    }
+    if a.kind.runs(Kind::TableJoin) {
+        let job = nexmark::table_join_job(
+            &format!("table-join-{run_id}"),
+            &source_name,
+            &table_name,
+            &format!("table-join-out-{run_id}"),
+            join,
+        )?;
+        let expect = nexmark::table_join_outputs(a.events);
+        results.push(run_job(
+            &host,
+            &rt,
+            "stream_table_join",
+            job,
+            a.events + table_rows,
+            expect,
+        )?);
+    }
+    if a.kind.runs(Kind::IntervalJoin) {
+        let interval = a.interval_ms.min(i64::MAX as u64) as i64;
+        let job = nexmark::interval_join_job(
+            &format!("interval-join-{run_id}"),
+            &source_name,
+            &impressions_name,
+            &format!("interval-join-out-{run_id}"),
+            interval,
+            join,
+        )?;
+        let expect = nexmark::interval_join_outputs(a.events, a.bidders, interval);
+        results.push(run_job(
+            &host,
+            &rt,
+            "interval_join",
+            job,
+            2 * a.events,
+            expect,
+        )?);
+    }
+    if a.kind.runs(Kind::JoinSum) {
+        let job = nexmark::join_sum_job(
+            &format!("join-sum-{run_id}"),
+            &source_name,
+            &table_name,
+            &format!("join-sum-out-{run_id}"),
+            a.window_ms,
+            join,
+        )?;
+        let expect = nexmark::join_sum_outputs(a.events, a.window_ms);
+        results.push(run_job(
+            &host,
+            &rt,
+            "join_tumbling_sum",
+            job,
+            a.events + table_rows,
+            expect,
+        )?);
     }
     logs.shutdown()?;
+    if !a.quiet {
+        for m in &results {
+            eprintln!(
+                "{}: {} outputs, {} checkpoints, {} bytes of state in the last",
+                m.name, m.outputs, m.checkpoints, m.state_bytes
+            );
+        }
+    }
 
-    let events = a.events as f64;
-    let rate = |m: &Measured| events / m.seconds.max(1e-9);
+    let rate = |m: &Measured| m.events as f64 / m.seconds.max(1e-9);
     let per_cpu = |m: &Measured| {
         if m.cpu_seconds > 0.0 {
-            events / m.cpu_seconds
+            m.events as f64 / m.cpu_seconds
         } else {
             f64::NAN
         }
@@ -209,11 +358,14 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
         let entry = |m: &Measured| {
             json!({
                 "name": m.name,
+                "events": m.events,
                 "seconds": m.seconds,
                 "events_per_s": rate(m),
                 "cpu_seconds": m.cpu_seconds,
                 "events_per_cpu_s": per_cpu(m),
                 "outputs": m.outputs,
+                "checkpoints": m.checkpoints,
+                "state_bytes": m.state_bytes,
                 "ratio_to_read_only": rate(m) / rate(&baseline),
             })
         };
@@ -222,6 +374,9 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
             "events": a.events,
             "bidders": a.bidders,
             "window_ms": a.window_ms,
+            "interval_ms": a.interval_ms,
+            "join_checkpoint_ms": a.join_checkpoint_ms,
+            "join_max_parallelism": a.join_max_parallelism,
             "checkpoint_fsync": fsync,
             "baseline": entry(&baseline),
             "pipelines": results.iter().map(entry).collect::<Vec<_>>(),
