@@ -50,8 +50,8 @@
 //!   event-time timer fires when the watermark reaches it (`time <= watermark`), a processing-time timer when
 //!   processing time does (`time <= now`); due timers fire in (time, key) order, and one registered while
 //!   firing that is already due fires in the same pass (as in Flink: a timer that registers itself again at a
-//!   time already reached loops). A timer registered for a time already passed fires at the next watermark, or
-//!   the next processing-time tick.
+//!   time already reached loops). A timer registered from an element for a time the watermark (or the clock)
+//!   already passed fires at once, right after that element; one registered from a timer, in the same pass.
 //! - Processing time is what `on_processing_time` last said (it never goes backwards within a run, and is not
 //!   snapshotted: after a restore it is the new run's clock). Before the first tick it is unknown:
 //!   [`KeyedContext::current_processing_time`] is `i64::MIN` then.
@@ -298,6 +298,14 @@ impl<K: Key, T: Send, F: KeyedProcessFunction<K, T>> Operator<(K, T)> for KeyedP
             out,
         };
         self.func.process_element(&key, timestamp, item, &mut ctx);
+        // A timer registered for a time already passed is due now: it fires at once, not at the next move of
+        // the watermark or clock (which may not come for a while).
+        if self.watermark != i64::MIN {
+            self.fire(TimeDomain::EventTime, self.watermark, out);
+        }
+        if let Some(now) = self.now {
+            self.fire(TimeDomain::ProcessingTime, now, out);
+        }
         self.cleanup();
     }
 
@@ -463,14 +471,14 @@ mod tests {
     }
 
     #[test]
-    fn a_timer_already_passed_fires_at_the_next_watermark() {
+    fn a_timer_already_passed_fires_at_once() {
         let (mut op, mut out) = (Op::new(Commands), Out::default());
         op.on_watermark(100, &mut out);
+        // The watermark may not move again for a while: the timer is due now, right after its element.
         send(&mut op, &mut out, 1, 100, "e50");
-        assert!(out.take().is_empty(), "not from within process");
-        op.on_watermark(100, &mut out);
         assert_eq!(out.take(), ["1@50e=none"]);
-        assert_eq!(out.items.len(), 0);
+        op.on_watermark(100, &mut out);
+        assert!(out.take().is_empty(), "fired once");
     }
 
     #[test]

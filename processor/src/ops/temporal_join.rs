@@ -26,7 +26,7 @@
 //!   replaced or pruned since): a key can need pruning only once one of its versions is at or before the
 //!   watermark, so keys are visited when the watermark passes their versions, not all keys every time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -46,8 +46,9 @@ pub struct TemporalJoin<K, L, V, O> {
     watermark: i64,
     /// Per key, version timestamp -> row (`None`: deleted).
     versions: HashMap<K, BTreeMap<i64, Option<V>>>,
-    /// Buffered probes by event time, each list in arrival order.
-    probes: BTreeMap<i64, Vec<(K, L)>>,
+    /// Buffered probes in event-time order, ties in arrival order. Probes mostly arrive in time order, so
+    /// this is a queue with an in-order fast path (push at the back), not a tree: no allocation per probe.
+    probes: VecDeque<(i64, K, L)>,
     prune_at: BTreeMap<i64, Vec<K>>,
     version_count: u64,
     probe_count: u64,
@@ -63,7 +64,7 @@ impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
             f,
             watermark: i64::MIN,
             versions: HashMap::new(),
-            probes: BTreeMap::new(),
+            probes: VecDeque::new(),
             prune_at: BTreeMap::new(),
             version_count: 0,
             probe_count: 0,
@@ -96,18 +97,24 @@ impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
         }
     }
 
+    /// Buffers a probe at its place: after every probe at or before its time (so ties keep arrival order).
+    fn buffer(&mut self, t: i64, key: K, l: L) {
+        if self.probes.back().is_none_or(|b| b.0 <= t) {
+            self.probes.push_back((t, key, l));
+        } else {
+            let at = self.probes.partition_point(|p| p.0 <= t);
+            self.probes.insert(at, (t, key, l));
+        }
+        self.probe_count += 1;
+    }
+
     fn emit_complete(&mut self, out: &mut dyn Collector<O>) {
-        while let Some((&t, _)) = self.probes.first_key_value() {
-            if !self.complete(t) {
-                break;
-            }
-            let Some((_, list)) = self.probes.pop_first() else {
+        while self.probes.front().is_some_and(|p| self.complete(p.0)) {
+            let Some((t, key, l)) = self.probes.pop_front() else {
                 break;
             };
-            self.probe_count -= list.len() as u64;
-            for (key, l) in list {
-                self.join(t, &key, l, out);
-            }
+            self.probe_count -= 1;
+            self.join(t, &key, l, out);
         }
     }
 
@@ -167,8 +174,7 @@ where
                     self.late_records += 1;
                     self.join(timestamp, &key, l, out);
                 } else {
-                    self.probes.entry(timestamp).or_default().push((key, l));
-                    self.probe_count += 1;
+                    self.buffer(timestamp, key, l);
                 }
             }
             Either::Right((key, row)) => {
@@ -206,14 +212,31 @@ where
                 row.encode(&mut w);
             }
         }
-        w.u32(self.probes.len() as u32);
-        for (ts, list) in &self.probes {
-            w.i64(*ts);
-            w.u32(list.len() as u32);
-            for (key, l) in list {
+        // Probes grouped by timestamp (the format of the tree this queue replaced).
+        let groups = self
+            .probes
+            .iter()
+            .zip(
+                self.probes
+                    .iter()
+                    .skip(1)
+                    .map(Some)
+                    .chain(std::iter::once(None)),
+            )
+            .filter(|(p, next)| next.is_none_or(|n| n.0 != p.0))
+            .count();
+        w.u32(groups as u32);
+        let mut i = 0;
+        while i < self.probes.len() {
+            let ts = self.probes[i].0;
+            let n = self.probes.range(i..).take_while(|p| p.0 == ts).count();
+            w.i64(ts);
+            w.u32(n as u32);
+            for (_, key, l) in self.probes.range(i..i + n) {
                 key.encode(&mut w);
                 l.encode(&mut w);
             }
+            i += n;
         }
         *state = w.buf;
     }
@@ -253,23 +276,20 @@ where
                 }
             }
         }
-        // A timestamp takes its own 8 bytes and its probe count (4).
+        // A timestamp takes its own 8 bytes and its probe count (4); timestamps come in increasing order.
         for _ in 0..r.count(12)? {
             let ts = r.i64()?;
-            if self.probes.contains_key(&ts) {
+            if self.probes.back().is_some_and(|b| b.0 >= ts) {
                 return Err(Error::CorruptState(
-                    "temporal join: a probe timestamp twice".into(),
+                    "temporal join: probe timestamps out of order or twice".into(),
                 ));
             }
-            let n = r.count(1)?;
-            let mut list = Vec::with_capacity(n);
-            for _ in 0..n {
+            for _ in 0..r.count(1)? {
                 let key = K::decode(&mut r)?;
                 let l = L::decode(&mut r)?;
-                list.push((key, l));
+                self.probes.push_back((ts, key, l));
+                self.probe_count += 1;
             }
-            self.probe_count += n as u64;
-            self.probes.insert(ts, list);
         }
         if !r.is_empty() {
             return Err(Error::CorruptState(
