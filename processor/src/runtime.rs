@@ -171,6 +171,9 @@ struct Shared {
     inboxes: Vec<Mutex<Vec<Inbound>>>,
     /// Batches waiting in each task's inboxes (all stages).
     inbox_batches: Vec<AtomicUsize>,
+    /// Every source partition by board index, and the next offset its task will read.
+    input_logs: Vec<Arc<Log>>,
+    positions: Vec<AtomicI64>,
     /// Watermarks each task last used per (stage, task, source), published after it shipped that stage.
     published_wm: Vec<AtomicI64>,
     published_idle: Vec<AtomicBool>,
@@ -206,10 +209,17 @@ impl Shared {
     /// The source watermarks stage `stage` runs with (see the module documentation).
     fn stage_watermarks(&self, stage: usize) -> Vec<SourceWatermark> {
         if stage <= 1 {
+            // A partition marked idle that has unread records is not caught up, so not idle.
+            let pending = |p: usize| {
+                self.input_logs
+                    .get(p)
+                    .zip(self.positions.get(p))
+                    .is_some_and(|(log, pos)| log.log_end_offset() > pos.load(Ordering::Acquire))
+            };
             return self
                 .source_ranges
                 .iter()
-                .map(|r| self.board.source(r.clone()))
+                .map(|r| self.board.source_with(r.clone(), pending))
                 .collect();
         }
         (0..self.source_ranges.len())
@@ -575,6 +585,16 @@ pub fn start(
         board.observe(i, ts);
     }
 
+    let mut input_logs: Vec<Option<Arc<Log>>> = vec![None; board_index];
+    let mut positions: Vec<AtomicI64> = (0..board_index).map(|_| AtomicI64::new(0)).collect();
+    for p in parts.iter().flatten() {
+        input_logs[p.board] = Some(p.log.clone());
+        // (A finished bounded partition may look pending for records past its end: harmless, its watermark
+        // is the end of time.)
+        positions[p.board] = AtomicI64::new(p.offset);
+    }
+    let input_logs: Vec<Arc<Log>> = input_logs.into_iter().flatten().collect();
+
     let per_task = distribute(&state, &groups);
     let mut tasks = Vec::with_capacity(n);
     for (i, restore) in per_task.iter().enumerate() {
@@ -614,6 +634,8 @@ pub fn start(
         source_ranges,
         inboxes: (0..n * stages).map(|_| Mutex::new(Vec::new())).collect(),
         inbox_batches: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+        input_logs,
+        positions,
         published_wm: (0..stages * n * sources)
             .map(|_| AtomicI64::new(i64::MIN))
             .collect(),
@@ -784,6 +806,9 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
         for part in parts.iter_mut().filter(|_| !backpressured) {
             match read_partition(shared, &mut task, part, &mut read) {
                 Ok(got) => {
+                    if let Some(pos) = shared.positions.get(part.board) {
+                        pos.store(part.offset, Ordering::Release);
+                    }
                     if got {
                         got_data = true;
                         part.last_data_ms = now;

@@ -58,11 +58,28 @@ impl WatermarkBoard {
 
     /// The watermark of the partitions `range` (one source's), and whether all of them are idle.
     pub fn source(&self, range: std::ops::Range<usize>) -> SourceWatermark {
+        self.source_with(range, |_| false)
+    }
+
+    /// As [`WatermarkBoard::source`], with a partition marked idle counted as active while `pending(p)` says
+    /// it has records its task has not read yet: a partition is idle only while it is caught up, so records
+    /// that arrive after a quiet spell hold the watermark back from the moment they are appended, not from
+    /// the moment their task gets round to reading them.
+    pub fn source_with(
+        &self,
+        range: std::ops::Range<usize>,
+        pending: impl Fn(usize) -> bool,
+    ) -> SourceWatermark {
         let mut active_min: Option<i64> = None;
         let mut all_max = i64::MIN;
         let end = range.end.min(self.max_ts.len());
         let start = range.start.min(end);
-        for (ts, idle) in self.max_ts[start..end].iter().zip(&self.idle[start..end]) {
+        for (p, (ts, idle)) in self.max_ts[start..end]
+            .iter()
+            .zip(&self.idle[start..end])
+            .enumerate()
+            .map(|(i, x)| (start + i, x))
+        {
             let ts = ts.load(Ordering::Acquire);
             // i64::MAX: a bounded partition read to its end (nothing more will come: the end of time).
             let wm = if ts == i64::MIN || ts == i64::MAX {
@@ -71,7 +88,7 @@ impl WatermarkBoard {
                 ts.saturating_sub(self.out_of_orderness)
             };
             all_max = all_max.max(wm);
-            if !idle.load(Ordering::Acquire) {
+            if !idle.load(Ordering::Acquire) || pending(p) {
                 active_min = Some(active_min.map_or(wm, |m| m.min(wm)));
             }
         }
