@@ -537,7 +537,8 @@ fn quiet_run(
 
 /// A crash run: the input is produced in the background, in chunks, while the broker is killed with kill -9
 /// `kills` times at random moments (after the first outputs appeared) and restarted; then every partition
-/// gets a far-future record; returns the outputs.
+/// gets a far-future record (and with `kill_after_flush`, the broker is killed once more within 60 ms of
+/// it); returns the outputs.
 #[allow(clippy::too_many_arguments)]
 fn crash_run(
     name: &str,
@@ -548,6 +549,7 @@ fn crash_run(
     first_output: &str,
     want: usize,
     kills: usize,
+    kill_after_flush: bool,
 ) -> Vec<Out> {
     let seed = std::env::var("MILLRACE_KILL_SEED")
         .ok()
@@ -576,7 +578,7 @@ fn crash_run(
                 s.send(chunk);
                 s.flush();
                 acked.store(s.sent, Ordering::Release);
-                std::thread::sleep(Duration::from_millis(150));
+                std::thread::sleep(Duration::from_millis(200));
             }
             done.store(true, Ordering::Release);
         })
@@ -588,11 +590,12 @@ fn crash_run(
         assert!(Instant::now() < deadline, "no output before the kill");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let first = Instant::now();
     for k in 0..kills {
         let wait = if k == 0 {
-            rng.below(800)
+            rng.below(1_200)
         } else {
-            500 + rng.below(1_500)
+            300 + rng.below(1_200)
         };
         std::thread::sleep(Duration::from_millis(wait));
         assert!(
@@ -613,11 +616,26 @@ fn crash_run(
         assert_eq!(b.bootstrap(), bootstrap, "restarted on the same port");
     }
     producer.join().unwrap();
+    eprintln!(
+        "{name}: all input acknowledged {:.1} s after the first output",
+        first.elapsed().as_secs_f64()
+    );
 
     let flush = crash_flush(input_topics);
     let mut s = Sender::new(&bootstrap);
     s.send(&flush);
     s.flush();
+    if kill_after_flush {
+        // The flush releases every result still held (the last windows, the last orders): kill while they
+        // are being committed.
+        let wait = rng.below(60);
+        std::thread::sleep(Duration::from_millis(wait));
+        b.kill9().unwrap();
+        eprintln!("{name}: kill -9 {wait} ms after the flush");
+        std::thread::sleep(Duration::from_millis(300));
+        b.restart().unwrap();
+        assert_eq!(b.bootstrap(), bootstrap, "restarted on the same port");
+    }
     let outs = read_outputs(&bootstrap, topics, want, Duration::from_secs(60));
     check_inputs(&bootstrap, &inputs, &flush);
     outs
@@ -690,6 +708,7 @@ fn orders_enriched_kill_9_under_load_gives_exactly_the_reference() {
         "orders_enriched",
         orders.len(),
         2,
+        true,
     );
     check_orders_enriched(&outs, &orders, &users);
 }
@@ -713,6 +732,7 @@ fn revenue_by_country_kill_9_under_load_gives_exactly_the_reference() {
         "revenue_by_country",
         want,
         1,
+        true,
     );
     check_revenue(&outs, &orders, &users);
 }
@@ -731,6 +751,7 @@ fn ad_attribution_kill_9_under_load_gives_exactly_the_reference() {
         "attributed_clicks",
         want,
         2,
+        true,
     );
     check_attribution(&outs, &imps, &clicks);
 }
