@@ -511,8 +511,9 @@ fn check_inputs(bootstrap: &str, inputs: &[In], flush: &[In]) {
     }
 }
 
-/// A quiet run of a reference file: produce everything, let every partition go idle (> the 2 s idle
-/// timeout), then one far-future record so the watermark passes everything; returns the outputs.
+/// A quiet run of a reference file: produce everything (with `idle_first`, only once the pipeline has been
+/// idle for longer than its idle timeout), let every partition go idle (> the 2 s idle timeout), then one
+/// far-future record so the watermark passes everything; returns the outputs.
 fn quiet_run(
     name: &str,
     compacted_users: bool,
@@ -520,10 +521,16 @@ fn quiet_run(
     flush: In,
     topics: &[&str],
     want: usize,
+    idle_first: bool,
 ) -> Vec<Out> {
     let b = start(&pipeline_file(name), compacted_users);
     let bootstrap = b.bootstrap();
     let mut s = Sender::new(&bootstrap);
+    if idle_first {
+        // The pipeline waits for its input longer than the idle timeout: every partition is idle when the
+        // input arrives.
+        std::thread::sleep(Duration::from_millis(3_000));
+    }
     s.send(inputs);
     s.flush();
     std::thread::sleep(Duration::from_millis(3_000));
@@ -654,6 +661,7 @@ fn orders_enriched_equals_the_reference() {
         flush_order(-1),
         &["orders_enriched"],
         orders.len(),
+        false,
     );
     check_orders_enriched(&outs, &orders, &users);
 }
@@ -675,6 +683,7 @@ fn revenue_by_country_equals_the_reference() {
             "revenue_by_country.late",
         ],
         want,
+        false,
     );
     check_revenue(&outs, &orders, &users);
 }
@@ -691,6 +700,7 @@ fn ad_attribution_equals_the_reference() {
         flush_impression(-1),
         &["attributed_clicks"],
         want,
+        false,
     );
     check_attribution(&outs, &imps, &clicks);
 }
@@ -754,4 +764,38 @@ fn ad_attribution_kill_9_under_load_gives_exactly_the_reference() {
         true,
     );
     check_attribution(&outs, &imps, &clicks);
+}
+
+/// BUG REPRODUCTION (ignored until the runtime is fixed): `orders_enriched_equals_the_reference` with one
+/// change, the input arrives only after the pipeline has waited for it longer than `idle_timeout_ms` (as a
+/// newly deployed pipeline does, or one whose producers paused for 2 s): many orders are then enriched
+/// with the wrong users row (null where a row exists, or an older version). Every partition is idle when
+/// the burst arrives; a partition is marked active again only by its own task, when that task next reads
+/// it, and a task reads up to a megabyte of a partition at once and publishes its watermark. So while the
+/// task owning a `users` partition has not yet read it, that partition (still idle) does not hold the join
+/// back, and orders already read by other tasks are joined before the users rows of their time are in the
+/// table, although every record is within the 5 s bound. The same happens with input in strict event-time
+/// order (seen in 1 of 2 runs of revenue_by_country: revenue counted under the wrong
+/// country) and to
+/// ad_attribution (pairs missing, 2 of 2 runs).
+/// Run: `cargo test -p millrace-tests --test reference_pipelines -- --ignored`
+#[test]
+#[ignore = "runtime bug: input arriving after idleness is joined too early (see the doc comment)"]
+fn orders_enriched_input_arriving_after_idleness_equals_the_reference() {
+    // A race: alone on two cores it shows in about one run of three (every run when the three quiet tests
+    // run at once), so up to four runs.
+    for attempt in 0..4 {
+        let (orders, users) = reference::orders_workload(11 + attempt, 3_000, 100, 600_000);
+        let inputs = order_inputs(&orders, &users, 12 + attempt);
+        let outs = quiet_run(
+            "orders_enriched",
+            true,
+            &inputs,
+            flush_order(-1),
+            &["orders_enriched"],
+            orders.len(),
+            true,
+        );
+        check_orders_enriched(&outs, &orders, &users);
+    }
 }
