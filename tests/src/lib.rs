@@ -191,6 +191,12 @@ impl Broker {
         Ok(())
     }
 
+    /// Replaces the extra `serve` arguments for the next [`Broker::restart`] (e.g. to create topics with
+    /// configs before a pipeline that reads them starts).
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// Starts the broker again on the same data directory and port.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
