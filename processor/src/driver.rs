@@ -172,6 +172,14 @@ impl TestDriver {
         let task = idx % self.tasks.len();
         let ts = self.tasks[task].feed(source, m);
         self.max_ts[idx] = self.max_ts[idx].max(ts);
+        if self.board.idle(idx) && self.board.all_idle() {
+            // Input resumes after every partition went quiet: every partition gets its idle timeout again
+            // (as in the runtime).
+            self.board.wake();
+            for t in &mut self.last_data_ms {
+                *t = self.now_ms;
+            }
+        }
         self.last_data_ms[idx] = self.now_ms;
         self.board.observe(idx, self.max_ts[idx]);
         self.board.set_idle(idx, false);

@@ -778,6 +778,7 @@ fn read_partition(
 
 fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputPartition>) {
     let mut read: u64 = 0;
+    let mut seen_epoch = shared.board.epoch();
     let stages = shared.stages;
     loop {
         if shared.barrier.is_broken() {
@@ -797,6 +798,14 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
         // Stage 0 runs under the watermarks of before this read (its records are not yet on the board).
         let now = now_ms();
         let before = shared.stage_watermarks(0);
+        // Input resumed after a pause of every partition: start this task's idle timers afresh.
+        let epoch = shared.board.epoch();
+        if epoch != seen_epoch {
+            seen_epoch = epoch;
+            for part in parts.iter_mut() {
+                part.last_data_ms = now;
+            }
+        }
         let mut got_data = false;
         let backpressured = shared
             .inbox_batches
@@ -812,6 +821,9 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
                     if got {
                         got_data = true;
                         part.last_data_ms = now;
+                        if shared.board.idle(part.board) && shared.board.all_idle() {
+                            shared.board.wake();
+                        }
                         shared.board.set_idle(part.board, false);
                     } else if now - part.last_data_ms >= shared.idle_timeout_ms {
                         shared.board.set_idle(part.board, true);

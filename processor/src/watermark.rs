@@ -12,14 +12,20 @@
 //! the watermarks (Acquire) before it drains its inbox, so no element can be overtaken by the watermark that
 //! covers it.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::task::SourceWatermark;
 
 #[derive(Debug)]
 pub struct WatermarkBoard {
     max_ts: Vec<AtomicI64>,
-    idle: Vec<AtomicBool>,
+    /// 0: active; else idle since `epoch + 1` was current. An idle mark counts only in its own epoch.
+    idle: Vec<AtomicU64>,
+    /// Bumped by [`WatermarkBoard::wake`]: when input resumes after every partition went quiet, all their
+    /// idle marks lapse at once, so none stops holding the watermark back before it has had `idle_timeout`
+    /// to show its records (a burst after a pause reaches the partitions of one produce request a little
+    /// apart, and a partition must not be skipped because its task has not seen its part yet).
+    epoch: AtomicU64,
     out_of_orderness: i64,
 }
 
@@ -27,7 +33,8 @@ impl WatermarkBoard {
     pub fn new(partitions: usize, out_of_orderness_ms: i64) -> Self {
         WatermarkBoard {
             max_ts: (0..partitions).map(|_| AtomicI64::new(i64::MIN)).collect(),
-            idle: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            idle: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+            epoch: AtomicU64::new(0),
             out_of_orderness: out_of_orderness_ms.max(0),
         }
     }
@@ -41,7 +48,12 @@ impl WatermarkBoard {
 
     pub fn set_idle(&self, p: usize, idle: bool) {
         if let Some(a) = self.idle.get(p) {
-            a.store(idle, Ordering::Release);
+            let mark = if idle {
+                self.epoch.load(Ordering::Acquire) + 1
+            } else {
+                0
+            };
+            a.store(mark, Ordering::Release);
         }
     }
 
@@ -54,6 +66,33 @@ impl WatermarkBoard {
     /// The pipeline's watermark now.
     pub fn current(&self) -> i64 {
         self.source(0..self.max_ts.len()).watermark
+    }
+
+    fn is_idle(&self, p: usize) -> bool {
+        self.idle.get(p).is_some_and(|a| {
+            let mark = a.load(Ordering::Acquire);
+            mark != 0 && mark == self.epoch.load(Ordering::Acquire) + 1
+        })
+    }
+
+    /// Whether partition `p` is marked idle (in the current epoch).
+    pub fn idle(&self, p: usize) -> bool {
+        self.is_idle(p)
+    }
+
+    /// Whether every partition is idle.
+    pub fn all_idle(&self) -> bool {
+        (0..self.idle.len()).all(|p| self.is_idle(p))
+    }
+
+    /// Input resumed after every partition went quiet: every idle mark lapses (see `epoch`). Tasks notice
+    /// the new epoch ([`WatermarkBoard::epoch`]) and start their partitions' idle timers afresh.
+    pub fn wake(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The watermark of the partitions `range` (one source's), and whether all of them are idle.
@@ -74,9 +113,8 @@ impl WatermarkBoard {
         let mut all_max = i64::MIN;
         let end = range.end.min(self.max_ts.len());
         let start = range.start.min(end);
-        for (p, (ts, idle)) in self.max_ts[start..end]
+        for (p, ts) in self.max_ts[start..end]
             .iter()
-            .zip(&self.idle[start..end])
             .enumerate()
             .map(|(i, x)| (start + i, x))
         {
@@ -88,7 +126,7 @@ impl WatermarkBoard {
                 ts.saturating_sub(self.out_of_orderness)
             };
             all_max = all_max.max(wm);
-            if !idle.load(Ordering::Acquire) || pending(p) {
+            if !self.is_idle(p) || pending(p) {
                 active_min = Some(active_min.map_or(wm, |m| m.min(wm)));
             }
         }
@@ -122,6 +160,15 @@ mod tests {
         assert_eq!(b.current(), 100);
         b.set_idle(0, true);
         assert_eq!(b.current(), 100, "all idle: the largest");
+        b.wake();
+        assert_eq!(
+            b.current(),
+            i64::MIN,
+            "woken: every partition counts again, the empty one too"
+        );
+        b.set_idle(2, true);
+        b.set_idle(1, true);
+        assert_eq!(b.current(), 100);
     }
 
     #[test]

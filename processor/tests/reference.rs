@@ -31,10 +31,9 @@ fn send(d: &mut TestDriver, r: &In) {
     d.send_to(r.source, p, m);
 }
 
-/// Runs `records` through `job` with `parallelism` tasks, checkpointing after `cut` of them and restoring
-/// at `after` tasks; then lets every partition go idle and sends `flush` (far in the future) so every result
-/// is out.
-fn run(job: &Job, records: &[In], cut: usize, after: &Job, flush: &In) -> Vec<(String, OutRecord)> {
+/// Runs `records` through `job`, checkpointing after `cut` of them and restoring as `after` (another
+/// parallelism); then ends the input.
+fn run(job: &Job, records: &[In], cut: usize, after: &Job) -> Vec<(String, OutRecord)> {
     let mut d = TestDriver::with_partitions(job, &[3, 3]);
     let mut out = Vec::new();
     let topics: Vec<String> = job.sinks().iter().map(|t| t.name.clone()).collect();
@@ -52,8 +51,8 @@ fn run(job: &Job, records: &[In], cut: usize, after: &Job, flush: &In) -> Vec<(S
     for r in &records[cut..] {
         send(&mut d, r);
     }
-    d.advance_time(60_000);
-    send(&mut d, flush);
+    // The end of input (as a bounded run ends): every held result comes out.
+    d.finish();
     take(&mut d, &mut out);
     assert!(d.late().is_empty(), "nothing is late within the bound");
     out
@@ -96,17 +95,6 @@ fn order_records(orders: &[Order], users: &[UserRow], seed: u64) -> Vec<In> {
     arrival_order(items, 5_000, seed)
 }
 
-fn order_flush() -> In {
-    let ts = reference::T0 + 100_000_000;
-    let v = format!(r#"{{"order_id":"flush","user_id":"nobody","amount":0,"ts":{ts}}}"#);
-    In {
-        source: 0,
-        key: "flush".into(),
-        value: Some(v),
-        ts,
-    }
-}
-
 /// A job with a parallelism set (the files leave it to the partition count).
 fn with_parallelism(name: &str, p: usize) -> Job {
     let path = format!(
@@ -126,7 +114,7 @@ proptest! {
         let (orders, users) = reference::orders_workload(seed, 300, 25, 600_000);
         let records = order_records(&orders, &users, seed ^ 1);
         let cut = (records.len() as f64 * cut_frac) as usize;
-        let out = run(&with_parallelism("orders_enriched", p), &records, cut, &with_parallelism("orders_enriched", q), &order_flush());
+        let out = run(&with_parallelism("orders_enriched", p), &records, cut, &with_parallelism("orders_enriched", q));
         let want = reference::expected_orders_enriched(&orders, &users);
         prop_assert!(want.values().any(|v| v["name"].is_null()) && want.values().any(|v| !v["name"].is_null()));
         let mut got = BTreeMap::new();
@@ -141,7 +129,7 @@ proptest! {
         let (orders, users) = reference::orders_workload(seed, 300, 25, 600_000);
         let records = order_records(&orders, &users, seed ^ 2);
         let cut = (records.len() as f64 * cut_frac) as usize;
-        let out = run(&with_parallelism("revenue_by_country", p), &records, cut, &with_parallelism("revenue_by_country", q), &order_flush());
+        let out = run(&with_parallelism("revenue_by_country", p), &records, cut, &with_parallelism("revenue_by_country", q));
         let mut revenue = BTreeMap::new();
         let mut large = Vec::new();
         for (topic, r) in &out {
@@ -173,10 +161,7 @@ proptest! {
         }));
         let records = arrival_order(items, 5_000, seed ^ 3);
         let cut = (records.len() as f64 * cut_frac) as usize;
-        let ts = reference::T0 + 100_000_000;
-        let flush = In { source: 0, key: "none".into(), ts,
-            value: Some(format!(r#"{{"impression_id":"flush","ad_id":"none","ts":{ts}}}"#)) };
-        let out = run(&with_parallelism("ad_attribution", p), &records, cut, &with_parallelism("ad_attribution", q), &flush);
+        let out = run(&with_parallelism("ad_attribution", p), &records, cut, &with_parallelism("ad_attribution", q));
         let mut got = BTreeMap::new();
         for (_, r) in &out {
             let v = json(r);

@@ -768,21 +768,12 @@ fn ad_attribution_kill_9_under_load_gives_exactly_the_reference() {
     check_attribution(&outs, &imps, &clicks);
 }
 
-/// BUG REPRODUCTION (ignored until the runtime is fixed): `orders_enriched_equals_the_reference` with one
-/// change, the input arrives only after the pipeline has waited for it longer than `idle_timeout_ms` (as a
-/// newly deployed pipeline does, or one whose producers paused for 2 s): many orders are then enriched
-/// with the wrong users row (null where a row exists, or an older version). Every partition is idle when
-/// the burst arrives; a partition is marked active again only by its own task, when that task next reads
-/// it, and a task reads up to a megabyte of a partition at once and publishes its watermark. So while the
-/// task owning a `users` partition has not yet read it, that partition (still idle) does not hold the join
-/// back, and orders already read by other tasks are joined before the users rows of their time are in the
-/// table, although every record is within the 5 s bound. The same happens with input in strict event-time
-/// order (seen in 1 of 2 runs of revenue_by_country: revenue counted under the wrong
-/// country) and to
-/// ad_attribution (pairs missing, 2 of 2 runs).
-/// Run: `cargo test -p millrace-tests --test reference_pipelines -- --ignored`
+/// `orders_enriched_equals_the_reference` with one change: the input arrives only after the pipeline has
+/// waited for it longer than `idle_timeout_ms` (as a newly deployed pipeline does, or one whose producers
+/// paused for 2 s). Every partition is idle when the burst arrives; each must hold the join back from the
+/// moment records are appended to it, not from when its task gets round to reading them (a regression test:
+/// before, many orders were enriched with no row or an older one).
 #[test]
-#[ignore = "runtime bug: input arriving after idleness is joined too early (see the doc comment)"]
 fn orders_enriched_input_arriving_after_idleness_equals_the_reference() {
     // A race: alone on two cores it shows in about one run of three (every run when the three quiet tests
     // run at once), so up to four runs.
