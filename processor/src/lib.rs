@@ -43,6 +43,7 @@ pub mod checkpoint;
 pub mod driver;
 pub mod error;
 pub mod file;
+pub mod fxhash;
 pub mod graph;
 pub mod graph_file;
 pub mod hll;

@@ -16,14 +16,19 @@
 //!
 //! Invariants:
 //! - `watermark` only grows; every element held has not expired;
-//! - `left_at` / `right_at` list, for every element held, its timestamp and key (and may hold stale entries
-//!   for elements gone since), so that expiry visits only the keys that have something to expire;
+//! - `left_at` / `right_at` list, for every element held, its timestamp and key in timestamp order (and may
+//!   hold stale entries for elements gone since), so that expiry visits only the keys that have something to
+//!   expire;
+//! - a key's side is sorted by (timestamp, arrival sequence). Sides and the expiry lists are queues with an
+//!   in-order fast path, not trees: elements mostly arrive in time order, and a key holds few elements, so
+//!   this costs no allocation per element beyond the queue's growth.
 //! - `seq` numbers elements in arrival order (it orders equal timestamps and is saved with the state).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fxhash::FxHashMap;
 use crate::join::{Either, JoinKind};
 use crate::metrics::OperatorMetrics;
 use crate::operator::{Collector, Operator};
@@ -40,8 +45,54 @@ struct Held<T> {
     matched: bool,
 }
 
-/// One side's elements of one key, by (timestamp, arrival sequence).
-type Side<T> = BTreeMap<(i64, u64), Held<T>>;
+/// One side's elements of one key, sorted by (timestamp, arrival sequence).
+struct Side<T> {
+    items: VecDeque<(i64, u64, Held<T>)>,
+}
+
+impl<T> Default for Side<T> {
+    fn default() -> Self {
+        Side {
+            items: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> Side<T> {
+    /// Inserts in order; `false` if (ts, seq) is already held.
+    fn insert(&mut self, ts: i64, seq: u64, held: Held<T>) -> bool {
+        if self.items.back().is_none_or(|b| (b.0, b.1) < (ts, seq)) {
+            self.items.push_back((ts, seq, held));
+            return true;
+        }
+        let at = self.items.partition_point(|e| (e.0, e.1) < (ts, seq));
+        if self.items.get(at).is_some_and(|e| (e.0, e.1) == (ts, seq)) {
+            return false;
+        }
+        self.items.insert(at, (ts, seq, held));
+        true
+    }
+
+    /// The elements with a timestamp in `lo..=hi`, in order.
+    fn range_mut(&mut self, lo: i64, hi: i64) -> impl Iterator<Item = &mut (i64, u64, Held<T>)> {
+        let start = self.items.partition_point(|e| e.0 < lo);
+        self.items.range_mut(start..).take_while(move |e| e.0 <= hi)
+    }
+}
+
+type SideMap<K, T> = FxHashMap<K, Side<T>>;
+
+/// Timestamps and keys of the elements held, in timestamp order.
+type ExpiryList<K> = VecDeque<(i64, K)>;
+
+fn push_expiry<K>(list: &mut ExpiryList<K>, ts: i64, key: K) {
+    if list.back().is_none_or(|b| b.0 <= ts) {
+        list.push_back((ts, key));
+    } else {
+        let at = list.partition_point(|e| e.0 <= ts);
+        list.insert(at, (ts, key));
+    }
+}
 
 pub struct IntervalJoin<K, L, R, O> {
     kind: JoinKind,
@@ -50,10 +101,12 @@ pub struct IntervalJoin<K, L, R, O> {
     f: IntervalJoinFn<K, L, R, O>,
     watermark: i64,
     seq: u64,
-    left: HashMap<K, Side<L>>,
-    right: HashMap<K, Side<R>>,
-    left_at: BTreeMap<i64, Vec<K>>,
-    right_at: BTreeMap<i64, Vec<K>>,
+    left: SideMap<K, L>,
+    right: SideMap<K, R>,
+    left_at: ExpiryList<K>,
+    right_at: ExpiryList<K>,
+    /// Keys of one expiry timestamp (reused).
+    scratch: Vec<K>,
     held: u64,
     late_records: u64,
 }
@@ -78,10 +131,11 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             f,
             watermark: i64::MIN,
             seq: 0,
-            left: HashMap::new(),
-            right: HashMap::new(),
-            left_at: BTreeMap::new(),
-            right_at: BTreeMap::new(),
+            left: SideMap::default(),
+            right: SideMap::default(),
+            left_at: ExpiryList::new(),
+            right_at: ExpiryList::new(),
+            scratch: Vec::new(),
             held: 0,
             late_records: 0,
         })
@@ -105,12 +159,11 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
         let mut matched = false;
         if let Some(side) = self.right.get_mut(&key) {
             // r.ts in [ts + lower, ts + upper]; saturating bounds are exact (no timestamp lies beyond them).
-            let lo = (ts.saturating_add(self.lower), 0);
-            let hi = (ts.saturating_add(self.upper), u64::MAX);
-            for (&(rts, _), r) in side.range_mut(lo..=hi) {
+            let (lo, hi) = (ts.saturating_add(self.lower), ts.saturating_add(self.upper));
+            for (rts, _, r) in side.range_mut(lo, hi) {
                 matched = true;
                 r.matched = true;
-                out.emit(ts.max(rts), (self.f)(&key, Some(&l), Some(&r.value)));
+                out.emit(ts.max(*rts), (self.f)(&key, Some(&l), Some(&r.value)));
             }
         }
         if self.left_expired(ts) {
@@ -119,15 +172,9 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             }
             return;
         }
-        self.left_at.entry(ts).or_default().push(key.clone());
+        push_expiry(&mut self.left_at, ts, key.clone());
         let held = Held { value: l, matched };
-        if self
-            .left
-            .entry(key)
-            .or_default()
-            .insert((ts, self.seq), held)
-            .is_none()
-        {
+        if self.left.entry(key).or_default().insert(ts, self.seq, held) {
             self.held += 1;
         }
         // Wrapping cannot collide in practice (2^64 elements), and must not panic on a restored counter.
@@ -138,12 +185,11 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
         let mut matched = false;
         if let Some(side) = self.left.get_mut(&key) {
             // l.ts in [ts - upper, ts - lower].
-            let lo = (ts.saturating_sub(self.upper), 0);
-            let hi = (ts.saturating_sub(self.lower), u64::MAX);
-            for (&(lts, _), l) in side.range_mut(lo..=hi) {
+            let (lo, hi) = (ts.saturating_sub(self.upper), ts.saturating_sub(self.lower));
+            for (lts, _, l) in side.range_mut(lo, hi) {
                 matched = true;
                 l.matched = true;
-                out.emit(lts.max(ts), (self.f)(&key, Some(&l.value), Some(&r)));
+                out.emit((*lts).max(ts), (self.f)(&key, Some(&l.value), Some(&r)));
             }
         }
         if self.right_expired(ts) {
@@ -152,14 +198,13 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             }
             return;
         }
-        self.right_at.entry(ts).or_default().push(key.clone());
+        push_expiry(&mut self.right_at, ts, key.clone());
         let held = Held { value: r, matched };
         if self
             .right
             .entry(key)
             .or_default()
-            .insert((ts, self.seq), held)
-            .is_none()
+            .insert(ts, self.seq, held)
         {
             self.held += 1;
         }
@@ -167,23 +212,20 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
     }
 
     fn expire(&mut self, out: &mut dyn Collector<O>) {
-        while let Some((&ts, _)) = self.left_at.first_key_value() {
-            if !self.left_expired(ts) {
-                break;
-            }
-            let Some((_, mut keys)) = self.left_at.pop_first() else {
-                break;
-            };
-            sort_keys(&mut keys);
-            for key in keys {
+        let mut keys = std::mem::take(&mut self.scratch);
+        while let Some(ts) = self
+            .left_at
+            .front()
+            .map(|e| e.0)
+            .filter(|t| self.left_expired(*t))
+        {
+            take_bucket(&mut self.left_at, ts, &mut keys);
+            for key in keys.drain(..) {
                 let Some(side) = self.left.get_mut(&key) else {
                     continue; // stale: expired already
                 };
-                while let Some((&(lts, _), _)) = side.first_key_value() {
-                    if lts > ts {
-                        break;
-                    }
-                    let Some((_, l)) = side.pop_first() else {
+                while side.items.front().is_some_and(|e| e.0 <= ts) {
+                    let Some((lts, _, l)) = side.items.pop_front() else {
                         break;
                     };
                     self.held -= 1;
@@ -191,28 +233,24 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                         out.emit(lts, (self.f)(&key, Some(&l.value), None));
                     }
                 }
-                if side.is_empty() {
+                if side.items.is_empty() {
                     self.left.remove(&key);
                 }
             }
         }
-        while let Some((&ts, _)) = self.right_at.first_key_value() {
-            if !self.right_expired(ts) {
-                break;
-            }
-            let Some((_, mut keys)) = self.right_at.pop_first() else {
-                break;
-            };
-            sort_keys(&mut keys);
-            for key in keys {
+        while let Some(ts) = self
+            .right_at
+            .front()
+            .map(|e| e.0)
+            .filter(|t| self.right_expired(*t))
+        {
+            take_bucket(&mut self.right_at, ts, &mut keys);
+            for key in keys.drain(..) {
                 let Some(side) = self.right.get_mut(&key) else {
                     continue;
                 };
-                while let Some((&(rts, _), _)) = side.first_key_value() {
-                    if rts > ts {
-                        break;
-                    }
-                    let Some((_, r)) = side.pop_first() else {
+                while side.items.front().is_some_and(|e| e.0 <= ts) {
+                    let Some((rts, _, r)) = side.items.pop_front() else {
                         break;
                     };
                     self.held -= 1;
@@ -220,12 +258,23 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                         out.emit(rts, (self.f)(&key, None, Some(&r.value)));
                     }
                 }
-                if side.is_empty() {
+                if side.items.is_empty() {
                     self.right.remove(&key);
                 }
             }
         }
+        self.scratch = keys;
     }
+}
+
+/// Moves the keys of every entry at `ts` (the front ones) into `keys`, sorted and without repeats.
+fn take_bucket<K: Ord>(list: &mut ExpiryList<K>, ts: i64, keys: &mut Vec<K>) {
+    while list.front().is_some_and(|e| e.0 == ts) {
+        if let Some((_, k)) = list.pop_front() {
+            keys.push(k);
+        }
+    }
+    sort_keys(keys);
 }
 
 /// Orders the keys of one expiry bucket, so that expiries come out in the same order on every run, restored
@@ -235,14 +284,14 @@ fn sort_keys<K: Ord>(keys: &mut Vec<K>) {
     keys.dedup();
 }
 
-fn write_sides<K: Key, T: StateCodec>(w: &mut StateWriter, sides: &HashMap<K, Side<T>>) {
+fn write_sides<K: Key, T: StateCodec>(w: &mut StateWriter, sides: &SideMap<K, T>) {
     w.u32(sides.len() as u32);
     for (key, side) in sides {
         key.encode(w);
-        w.u32(side.len() as u32);
-        for (&(ts, seq), held) in side {
-            w.i64(ts);
-            w.u64(seq);
+        w.u32(side.items.len() as u32);
+        for (ts, seq, held) in &side.items {
+            w.i64(*ts);
+            w.u64(*seq);
             w.u8(held.matched as u8);
             held.value.encode(w);
         }
@@ -253,8 +302,8 @@ fn write_sides<K: Key, T: StateCodec>(w: &mut StateWriter, sides: &HashMap<K, Si
 fn read_sides<K: Key, T: StateCodec>(
     r: &mut StateReader<'_>,
     next_seq: u64,
-    sides: &mut HashMap<K, Side<T>>,
-    at: &mut BTreeMap<i64, Vec<K>>,
+    sides: &mut SideMap<K, T>,
+    at: &mut ExpiryList<K>,
 ) -> Result<u64> {
     let mut n = 0;
     // A key takes at least its element count (4); an element its timestamp, sequence and flag (17).
@@ -263,7 +312,7 @@ fn read_sides<K: Key, T: StateCodec>(
         if sides.contains_key(&key) {
             return Err(Error::CorruptState("interval join: a key twice".into()));
         }
-        let mut side = Side::new();
+        let mut side = Side::default();
         for _ in 0..r.count(17)? {
             let ts = r.i64()?;
             let seq = r.u64()?;
@@ -278,15 +327,16 @@ fn read_sides<K: Key, T: StateCodec>(
                 ));
             }
             let value = T::decode(r)?;
-            if side.insert((ts, seq), Held { value, matched }).is_some() {
+            if !side.insert(ts, seq, Held { value, matched }) {
                 return Err(Error::CorruptState(
                     "interval join: an element twice".into(),
                 ));
             }
-            at.entry(ts).or_default().push(key.clone());
+            // Sorted once all are read (inserting in order here would be quadratic).
+            at.push_back((ts, key.clone()));
             n += 1;
         }
-        if !side.is_empty() {
+        if !side.items.is_empty() {
             sides.insert(key, side);
         }
     }
@@ -354,6 +404,8 @@ where
         self.right_at.clear();
         self.held = read_sides(&mut r, self.seq, &mut self.left, &mut self.left_at)?;
         self.held += read_sides(&mut r, self.seq, &mut self.right, &mut self.right_at)?;
+        self.left_at.make_contiguous().sort_by_key(|e| e.0);
+        self.right_at.make_contiguous().sort_by_key(|e| e.0);
         if !r.is_empty() {
             return Err(Error::CorruptState(
                 "trailing bytes in interval join state".into(),

@@ -26,10 +26,11 @@
 //!   replaced or pruned since): a key can need pruning only once one of its versions is at or before the
 //!   watermark, so keys are visited when the watermark passes their versions, not all keys every time.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::fxhash::FxHashMap;
 use crate::join::{Either, JoinKind};
 use crate::metrics::OperatorMetrics;
 use crate::operator::{Collector, Operator};
@@ -45,7 +46,7 @@ pub struct TemporalJoin<K, L, V, O> {
     f: TemporalJoinFn<K, L, V, O>,
     watermark: i64,
     /// Per key, version timestamp -> row (`None`: deleted).
-    versions: HashMap<K, BTreeMap<i64, Option<V>>>,
+    versions: FxHashMap<K, BTreeMap<i64, Option<V>>>,
     /// Buffered probes in event-time order, ties in arrival order. Probes mostly arrive in time order, so
     /// this is a queue with an in-order fast path (push at the back), not a tree: no allocation per probe.
     probes: VecDeque<(i64, K, L)>,
@@ -63,7 +64,7 @@ impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
             kind,
             f,
             watermark: i64::MIN,
-            versions: HashMap::new(),
+            versions: FxHashMap::default(),
             probes: VecDeque::new(),
             prune_at: BTreeMap::new(),
             version_count: 0,
