@@ -181,6 +181,8 @@ struct Shared {
     barrier: Barrier,
     checkpoint_requested: AtomicBool,
     stopping: AtomicBool,
+    /// Whether the checkpoint under way is the final one (set by its leader; see `checkpoint`).
+    final_checkpoint: AtomicBool,
     last_checkpoint_ms: AtomicI64,
     pending_bytes: Vec<AtomicUsize>,
     slots: Mutex<Vec<Slot>>,
@@ -646,6 +648,7 @@ pub fn start(
         barrier: Barrier::new(n),
         checkpoint_requested: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
+        final_checkpoint: AtomicBool::new(false),
         last_checkpoint_ms: AtomicI64::new(now_ms()),
         pending_bytes: (0..n).map(|_| AtomicUsize::new(0)).collect(),
         slots: Mutex::new((0..n).map(|_| Slot::default()).collect()),
@@ -785,14 +788,10 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
             return;
         }
         if shared.checkpoint_requested.load(Ordering::Acquire) {
-            let stopping = shared.stopping.load(Ordering::Acquire);
-            if checkpoint(shared, i, &mut task, &parts, &mut read, stopping).is_err() {
-                return;
+            match checkpoint(shared, i, &mut task, &parts, &mut read) {
+                Ok(true) | Err(_) => return,
+                Ok(false) => continue,
             }
-            if stopping {
-                return;
-            }
-            continue;
         }
 
         // Stage 0 runs under the watermarks of before this read (its records are not yet on the board).
@@ -913,17 +912,25 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
     }
 }
 
-/// One task's part in a checkpoint (see the module documentation). Err: the barrier broke (a task failed).
+/// One task's part in a checkpoint (see the module documentation). Ok(true): it was the final one, the task
+/// ends. Err: the barrier broke (a task failed).
 fn checkpoint(
     shared: &Shared,
     i: usize,
     task: &mut Task,
     parts: &[InputPartition],
     read: &mut u64,
-    stopping: bool,
-) -> std::result::Result<(), crate::barrier::Broken> {
+) -> std::result::Result<bool, crate::barrier::Broken> {
     let started = Instant::now();
+    // Whether this checkpoint is the final one is decided once, by the leader, while every task waits:
+    // `stopping` may be set at any moment (by stop(), or by a task that saw a batch job end), and tasks that
+    // read it at different times would disagree, one ending while another waits at the next barrier.
+    if shared.barrier.wait()? {
+        let stopping = shared.stopping.load(Ordering::Acquire);
+        shared.final_checkpoint.store(stopping, Ordering::Release);
+    }
     shared.barrier.wait()?;
+    let stopping = shared.final_checkpoint.load(Ordering::Acquire);
     if stopping {
         task.close();
         shared.ship(task);
@@ -984,7 +991,7 @@ fn checkpoint(
         }
     }
     shared.barrier.wait()?;
-    Ok(())
+    Ok(stopping)
 }
 
 fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()> {

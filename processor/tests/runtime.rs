@@ -296,3 +296,37 @@ fn a_source_pattern_reads_every_matching_topic() {
     keys.sort();
     assert_eq!(keys, [Bytes::from("e"), Bytes::from("u")]);
 }
+
+/// The end of a batch job may coincide with a regular checkpoint: every task must agree on which checkpoint
+/// is the final one (a task that ended after one while another waited for the next hung the pipeline).
+#[test]
+fn batch_jobs_end_whenever_their_last_checkpoint_falls() {
+    let (_dir, _logs, host, rt) = setup();
+    let input = host.topic("in", Some(3)).unwrap();
+    for (p, log) in input.iter().enumerate() {
+        append(log, &[("a", 1_000 + p as i64), ("b", 2_000)]);
+    }
+    for run in 0..20 {
+        let job = Pipeline::new(format!("batch{run}"))
+            .checkpoint_interval(Duration::from_millis(1))
+            .source("in")
+            .bounded(EndAt::End)
+            .key_by(|m: &Message| m.key.clone().unwrap_or_default())
+            .window(Window::tumbling(Duration::from_secs(10)))
+            .late_topic(format!("late{run}"))
+            .aggregate(Count)
+            .sink_with_partitions(format!("out{run}"), Some(1), |r| {
+                OutRecord::new(Some(r.key), None, r.window_end - 1)
+            })
+            .unwrap();
+        let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(p.wait().map(|m| m.records_read));
+        });
+        let read = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("run {run}: the batch job did not end"));
+        assert_eq!(read.unwrap(), 6);
+    }
+}
