@@ -8,9 +8,10 @@
 //!                 aggregations, joins, sinks: a graph, built into a Job
 //! graph/          the graph (nodes, edges, stages) and its nodes as a task runs them (node.rs)
 //! keygroup.rs     key groups: how keyed state is split so that it can move between tasks
-//! file.rs         pipeline files (TOML): parsed, checked with line numbers, built into the same Job
+//! file.rs         pipeline files (TOML): parsed, checked with line numbers, built into the same Job; linear
+//!                 files here, graph files in graph_file.rs (over json_rec.rs records, json_agg.rs aggregates)
 //! operator.rs     the Operator trait (process + lifecycle hooks), Collector, Stage, Named, Chain
-//! ops/            built-in operators: map, filter, flat_map, window (keyed window aggregation)
+//! ops/            built-in operators: map, filter, flat_map, window (keyed window aggregation), table_aggregate
 //! ops/*_join.rs   joins: temporal (as of the probe's time), interval, window, table-table; join.rs Either, JoinKind
 //! window.rs       tumbling, hopping and session windows      aggregate.rs   count, sum, min, max, avg, fold, reduce
 //!                 also cumulative, sliding (ops/sliding_window.rs) and global (ops/global_window.rs, trigger.rs)
@@ -25,6 +26,8 @@
 //! local.rs        a Host over a bare LogManager (tests, benchmarks)   nexmark.rs   benchmark bids and pipelines
 //! timers.rs       per-key event- and processing-time timers   value_state.rs   per-key value state with a TTL
 //! ops/keyed_process.rs   KeyedProcess: a keyed process function (state, timers, TTL) as Flink's
+//! reference.rs    the reference pipelines' workloads and their expected outputs (tests, benchmarks)
+//! fxhash.rs       a fast hasher for state maps
 //! ```
 //!
 //! # Exactly once

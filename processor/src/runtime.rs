@@ -825,7 +825,7 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
                         }
                         shared.board.set_idle(part.board, false);
                     } else if now - part.last_data_ms >= shared.idle_timeout_ms {
-                        shared.board.set_idle(part.board, true);
+                        shared.board.mark_idle(part.board, seen_epoch);
                     }
                 }
                 Err(e) => {

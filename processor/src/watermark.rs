@@ -68,6 +68,15 @@ impl WatermarkBoard {
         self.source(0..self.max_ts.len()).watermark
     }
 
+    /// Marks partition `p` idle on the strength of what its task saw in `epoch`: if the board has woken since
+    /// (input resumed elsewhere while the task was deciding), the mark is stale at once and the partition still
+    /// counts.
+    pub fn mark_idle(&self, p: usize, epoch: u64) {
+        if let Some(a) = self.idle.get(p) {
+            a.store(epoch + 1, Ordering::Release);
+        }
+    }
+
     fn is_idle(&self, p: usize) -> bool {
         self.idle.get(p).is_some_and(|a| {
             let mark = a.load(Ordering::Acquire);

@@ -249,6 +249,8 @@ fn refused_requests_name_the_kafka_error() -> Result<()> {
 fn pipeline_throughput_runs_both_pipelines_to_completion() -> Result<()> {
     let v = bench_json(&[
         "pipeline",
+        "--kind",
+        "both",
         "--events",
         "40000",
         "--bidders",
