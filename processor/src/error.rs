@@ -20,6 +20,9 @@ pub enum Error {
     /// A checkpoint or operator state snapshot could not be decoded.
     #[error("corrupt checkpoint: {0}")]
     CorruptState(String),
+    /// The state store's files could not be read or written.
+    #[error("state store: {0}")]
+    StateIo(String),
     /// The host (the broker) refused a topic or producer id the pipeline needs.
     #[error("host: {0}")]
     Host(String),

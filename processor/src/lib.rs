@@ -66,6 +66,7 @@ pub mod reference;
 pub mod runtime;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod task;
 pub mod timers;
 pub mod trigger;
