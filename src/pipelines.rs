@@ -102,6 +102,13 @@ impl Host for BrokerHost {
             .collect())
     }
 
+    fn state_dir(&self, pipeline: &str) -> Result<std::path::PathBuf> {
+        Ok(millrace_processor::keyed_state::state_dir(
+            &self.broker.data_dir,
+            pipeline,
+        ))
+    }
+
     fn new_producer_id(&self) -> Result<i64> {
         self.broker
             .topics

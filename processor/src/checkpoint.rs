@@ -22,8 +22,9 @@ use crate::keygroup::KeyGroups;
 use crate::operator::TaskState;
 use crate::state::{StateReader, StateWriter};
 
-/// Written since the processor became a graph; format 1 (one source, state per task) is still read.
-const FORMAT: u8 = 2;
+/// Written since keyed state went to a store (format 3 adds its change sets); formats 1 (one source, state
+/// per task) and 2 (no change sets) are still read.
+const FORMAT: u8 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputPosition {
@@ -74,6 +75,10 @@ pub struct Checkpoint {
     pub tasks: Vec<TaskCheckpoint>,
     pub state: Vec<StateEntry>,
     pub outputs: Vec<OutputBatch>,
+    /// Keyed state changed since the previous checkpoint, as change sets for the pipeline's state store
+    /// (see [`crate::keyed_state`]): applied to the store once this checkpoint is durable, and again at a
+    /// restart if the store does not hold them yet.
+    pub changes: Vec<Bytes>,
 }
 
 impl Checkpoint {
@@ -108,6 +113,10 @@ impl Checkpoint {
             w.bytes(&e.bytes);
         }
         encode_outputs(&mut w, &self.outputs);
+        w.u32(self.changes.len() as u32);
+        for c in &self.changes {
+            w.bytes(c);
+        }
         w.buf
     }
 
@@ -116,7 +125,14 @@ impl Checkpoint {
         let format = r.u8()?;
         let c = match format {
             1 => decode_v1(&mut r)?,
-            FORMAT => decode_v2(&mut r)?,
+            2 => decode_v2(&mut r)?,
+            FORMAT => {
+                let mut c = decode_v2(&mut r)?;
+                for _ in 0..r.count(4)? {
+                    c.changes.push(Bytes::copy_from_slice(r.bytes()?));
+                }
+                c
+            }
             _ => return Err(Error::CorruptState(format!("checkpoint format {format}"))),
         };
         if !r.is_empty() {
@@ -265,6 +281,7 @@ fn decode_v2(r: &mut StateReader<'_>) -> Result<Checkpoint> {
         tasks,
         state,
         outputs,
+        changes: Vec::new(),
     })
 }
 
@@ -305,6 +322,7 @@ fn decode_v1(r: &mut StateReader<'_>) -> Result<Checkpoint> {
         tasks,
         state,
         outputs,
+        changes: Vec::new(),
     })
 }
 
@@ -318,7 +336,8 @@ mod tests {
         fn round_trip(id in any::<u64>(), pid in any::<i64>(), mp in any::<u32>(), offs in proptest::collection::vec(("[a-z]{0,5}", any::<i32>(), any::<i64>(), any::<i64>()), 0..5),
                       states in proptest::collection::vec((any::<i32>(), "[a-z.0-9]{1,8}", proptest::collection::vec(any::<u8>(), 0..16)), 0..6),
                       tasks in 0usize..4,
-                      outs in proptest::collection::vec(("[a-z]{1,5}", any::<i32>(), any::<i64>(), any::<i32>(), proptest::collection::vec(any::<u8>(), 0..32)), 0..4)) {
+                      outs in proptest::collection::vec(("[a-z]{1,5}", any::<i32>(), any::<i64>(), any::<i32>(), proptest::collection::vec(any::<u8>(), 0..32)), 0..4),
+                      changes in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..24), 0..3)) {
             let c = Checkpoint {
                 pipeline: "p".into(),
                 id,
@@ -328,6 +347,7 @@ mod tests {
                 tasks: (0..tasks).map(|_| TaskCheckpoint { producer_id: pid, sequences: vec![("t".into(), 1, 2)] }).collect(),
                 state: states.into_iter().map(|(group, operator, bytes)| StateEntry { group, operator, bytes }).collect(),
                 outputs: outs.into_iter().map(|(topic, partition, search_from, base_sequence, b)| OutputBatch { topic, partition, producer_id: pid, search_from, base_sequence, batch: b.into() }).collect(),
+                changes: changes.into_iter().map(Bytes::from).collect(),
             };
             let bytes = c.encode();
             prop_assert_eq!(Checkpoint::decode(&bytes).unwrap(), c);

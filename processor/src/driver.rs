@@ -94,7 +94,7 @@ impl TestDriver {
             partitions: vec![1; graph.outputs.len()],
         };
         let tasks = (0..groups.parallelism)
-            .map(|i| Task::new(graph.clone(), i, groups, layout.clone()))
+            .map(|i| Task::new(graph.clone(), i, groups, layout.clone(), None))
             .collect();
         let mut base = Vec::with_capacity(partitions.len());
         let mut total = 0;

@@ -53,6 +53,7 @@ pub mod hll;
 pub mod join;
 pub mod json_agg;
 pub mod json_rec;
+pub mod keyed_state;
 pub mod keygroup;
 pub mod local;
 pub mod metrics;

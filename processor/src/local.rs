@@ -58,6 +58,10 @@ impl Host for LocalHost {
             .open_partition(&format!("__pipeline.{pipeline}"), 0, config)?)
     }
 
+    fn state_dir(&self, pipeline: &str) -> Result<std::path::PathBuf> {
+        Ok(crate::keyed_state::state_dir(self.logs.dir(), pipeline))
+    }
+
     fn new_producer_id(&self) -> Result<i64> {
         Ok(self.next_producer_id.fetch_add(1, Ordering::Relaxed))
     }

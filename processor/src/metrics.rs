@@ -37,6 +37,13 @@ pub struct PipelineMetrics {
     pub last_checkpoint_bytes: u64,
     /// Bytes of operator state in the last checkpoint.
     pub state_bytes: u64,
+    /// Bytes of keyed-state changes the last checkpoint carried to the state store, and all checkpoints
+    /// since the pipeline started.
+    pub last_checkpoint_change_bytes: u64,
+    pub state_change_bytes: u64,
+    /// Bytes of the state store's files, and the estimated bytes of keyed state resident in memory.
+    pub state_store_bytes: u64,
+    pub state_resident_bytes: u64,
 }
 
 impl PipelineMetrics {

@@ -24,12 +24,19 @@ pub trait Collector<T> {
 }
 
 /// What a task knows about itself, given to `on_start`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct TaskInfo {
-    /// This task's index (its input partition for source-side steps, its key group after key_by).
+    /// This task's index.
     pub index: usize,
     /// How many tasks the pipeline runs.
     pub tasks: usize,
+    /// The key group of this operator instance (None before any key_by: one instance per task).
+    pub key_group: Option<u16>,
+    /// The operator's stable id (set by [`Named`]).
+    pub operator: String,
+    /// The pipeline's state backend (None in unit tests and the test driver: keyed state then snapshots
+    /// whole, see [`crate::keyed_state`]).
+    pub state: Option<crate::keyed_state::StateHandle>,
 }
 
 /// A custom step. State that must survive a restart is written by `on_checkpoint` and read back by
@@ -127,7 +134,11 @@ impl<In, O: Operator<In>> Stage<In> for Named<O> {
         self.op.process(timestamp, item, &mut c);
     }
     fn start(&mut self, task: &TaskInfo) {
-        self.op.on_start(task);
+        let task = TaskInfo {
+            operator: self.id.clone(),
+            ..task.clone()
+        };
+        self.op.on_start(&task);
     }
     fn watermark(&mut self, watermark: i64, out: &mut dyn Collector<O::Out>) {
         let mut c = Counting {

@@ -90,6 +90,10 @@ pub struct Settings {
     /// How many key groups keyed state is split into: the most tasks the pipeline can ever be rescaled to.
     /// Fixed for the life of the pipeline's state.
     pub max_parallelism: usize,
+    /// Where keyed state lives between checkpoints (see [`crate::keyed_state`]).
+    pub state_backend: crate::keyed_state::BackendKind,
+    /// The most memory the disk backend keeps keyed state in (bytes).
+    pub state_memory_budget: usize,
 }
 
 /// The graph under construction, shared by every handle of one pipeline.
@@ -213,6 +217,8 @@ impl Pipeline {
                     checkpoint_fsync: true,
                     parallelism: None,
                     max_parallelism: DEFAULT_MAX_PARALLELISM,
+                    state_backend: crate::keyed_state::BackendKind::Memory,
+                    state_memory_budget: crate::keyed_state::DEFAULT_MEMORY_BUDGET,
                 },
                 nodes: Vec::new(),
                 sources: Vec::new(),
@@ -257,6 +263,17 @@ impl Pipeline {
     /// the pipeline has state.
     pub fn max_parallelism(self, n: usize) -> Self {
         self.set(|s| s.max_parallelism = n.clamp(1, crate::keygroup::MAX_KEY_GROUPS))
+    }
+
+    /// Where keyed state lives: in memory (the default) or on disk, with at most
+    /// [`Pipeline::state_memory_budget`] of it resident. Checkpoints are incremental with either.
+    pub fn state_backend(self, kind: crate::keyed_state::BackendKind) -> Self {
+        self.set(|s| s.state_backend = kind)
+    }
+
+    /// The memory budget of the disk state backend (default 256 MiB, at least 1 MiB).
+    pub fn state_memory_budget(self, bytes: usize) -> Self {
+        self.set(|s| s.state_memory_budget = bytes.max(1 << 20))
     }
 
     /// Reads `topic`; event time is the record timestamp unless [`Stream::event_time`] says otherwise.

@@ -48,9 +48,11 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::graph::node::Batch;
 use crate::graph::{EndAt, GraphSpec, StartAt};
+use crate::keyed_state::{StateBackend, StateHandle};
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::{Job, TopicSpec};
 use crate::source::for_each_record;
+use crate::store::Store;
 use crate::task::{OutputLayout, SlotOutput, SourceWatermark, Task};
 use crate::watermark::WatermarkBoard;
 
@@ -63,6 +65,9 @@ pub trait Host: Send + Sync + 'static {
     fn checkpoint_log(&self, pipeline: &str) -> Result<Arc<Log>>;
     /// A producer id no other producer uses.
     fn new_producer_id(&self) -> Result<i64>;
+    /// The folder holding `pipeline`'s keyed state store (made if missing). It must survive restarts as the
+    /// checkpoint log does.
+    fn state_dir(&self, pipeline: &str) -> Result<std::path::PathBuf>;
     /// The names of the topics that exist (for sources that name a pattern).
     fn topic_names(&self) -> Result<Vec<String>> {
         Err(Error::Host(
@@ -200,6 +205,7 @@ struct Shared {
     bounded: bool,
     /// When the metrics were last logged at info level.
     last_report_ms: AtomicI64,
+    state: StateHandle,
     rt: tokio::runtime::Handle,
 }
 
@@ -290,6 +296,9 @@ const REPORT_INTERVAL_MS: i64 = 30_000;
 struct CommitJob {
     slots: Vec<Slot>,
     started: Instant,
+    /// The state backend's epoch this checkpoint ends, and the change sets staged in it.
+    epoch: u64,
+    changes: Vec<Bytes>,
 }
 
 /// The committer's side of a checkpoint: the logs it writes.
@@ -497,6 +506,10 @@ pub fn start(
     let n = groups.parallelism;
 
     let restored = latest_checkpoint(&checkpoint_log, &name)?;
+    let store = Arc::new(Store::open(&host.state_dir(&name)?)?);
+    reconcile_store(&name, &store, restored.as_ref())?;
+    let state_backend =
+        StateBackend::new(store, settings.state_backend, settings.state_memory_budget);
     let mut positions: HashMap<(String, i32), (i64, i64)> = HashMap::new();
     let (checkpoint_id, restored_tasks, state) = match restored {
         Some(c) => {
@@ -600,7 +613,13 @@ pub fn start(
     let per_task = distribute(&state, &groups);
     let mut tasks = Vec::with_capacity(n);
     for (i, restore) in per_task.iter().enumerate() {
-        let mut task = Task::new(graph.clone(), i, groups, layout.clone());
+        let mut task = Task::new(
+            graph.clone(),
+            i,
+            groups,
+            layout.clone(),
+            Some(state_backend.clone()),
+        );
         task.restore(restore)?;
         match restored_tasks.get(i) {
             Some(t) => {
@@ -672,6 +691,7 @@ pub fn start(
         max_parallelism: groups.max_parallelism as u32,
         bounded: graph.is_bounded(),
         last_report_ms: AtomicI64::new(now_ms()),
+        state: state_backend.clone(),
         rt,
     });
 
@@ -697,7 +717,7 @@ pub fn start(
             .spawn(move || {
                 // Sequential: checkpoint N's outputs are appended before N+1 is written, as the invariants ask.
                 for job in commit_rx {
-                    if let Err(e) = commit(&shared, job.slots, job.started) {
+                    if let Err(e) = commit(&shared, job) {
                         // The outputs this checkpoint carried are gone from memory: stop, so that a restart
                         // replays from the previous checkpoint.
                         fail(&shared, e);
@@ -713,6 +733,37 @@ pub fn start(
         threads,
         committer: Some(committer),
     })
+}
+
+/// Brings the state store to the checkpoint being restored: empty without one; the checkpoint's changes
+/// applied if a crash came between the checkpoint becoming durable and its changes reaching the store. A
+/// store ahead of the checkpoint log cannot be restored from (its older state is gone).
+fn reconcile_store(name: &str, store: &Store, restored: Option<&Checkpoint>) -> Result<()> {
+    let at = store.checkpoint();
+    match restored {
+        None => {
+            if at != 0 || store.runs() > 0 {
+                tracing::info!(pipeline = %name, store_checkpoint = at,
+                    "no checkpoint to restore: the state store starts empty");
+                store.clear()?;
+            }
+        }
+        Some(c) if at > c.id => {
+            return Err(Error::Invalid(format!(
+                "pipeline {name}: its state store holds checkpoint {at}, newer than the last checkpoint \
+                 {} in its checkpoint log; delete {} to start the pipeline's state afresh",
+                c.id,
+                store.dir().display()
+            )));
+        }
+        Some(c) if at < c.id && !c.changes.is_empty() => {
+            store.apply(c.id, &c.changes)?;
+            tracing::info!(pipeline = %name, checkpoint = c.id,
+                "applied a checkpoint's state changes a crash had kept from the store");
+        }
+        Some(_) => {}
+    }
+    Ok(())
 }
 
 /// The input positions of every task's partitions, in task order.
@@ -881,7 +932,12 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
         // Outputs become visible at checkpoints: commit on the interval, when enough is pending, and as soon as
         // a caught-up task has output waiting (so a quiet pipeline does not sit on results for a whole interval).
         let caught_up = !got_data && !had_inbox && !backpressured;
+        if let Some(e) = shared.state.take_error() {
+            fail(shared, e);
+            return;
+        }
         if since >= shared.interval_ms
+            || (shared.state.wants_checkpoint() && since >= MIN_CHECKPOINT_GAP_MS)
             || pending >= shared.max_pending
             || (caught_up && pending > 0 && since >= MIN_CHECKPOINT_GAP_MS)
         {
@@ -979,9 +1035,22 @@ fn checkpoint(
     if shared.barrier.wait()? {
         let slots = std::mem::take(&mut *shared.slots.lock());
         *shared.slots.lock() = (0..shared.tasks).map(|_| Slot::default()).collect();
+        // Every task has staged its state changes: they belong to this checkpoint.
+        let (epoch, changes) = shared.state.seal();
+        if let Some(e) = shared.state.take_error() {
+            // State read from a damaged store: nothing computed since may be committed.
+            fail(shared, e);
+            return Err(crate::barrier::Broken);
+        }
         // The fsyncs and appends run on the committer thread while the tasks go on with the next epoch.
+        let job = CommitJob {
+            slots,
+            started,
+            epoch,
+            changes,
+        };
         let sent = match &*shared.commits.lock() {
-            Some(tx) => tx.send(CommitJob { slots, started }).is_ok(),
+            Some(tx) => tx.send(job).is_ok(),
             None => false,
         };
         shared.last_checkpoint_ms.store(now_ms(), Ordering::Relaxed);
@@ -994,7 +1063,13 @@ fn checkpoint(
     Ok(stopping)
 }
 
-fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()> {
+fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
+    let CommitJob {
+        mut slots,
+        started,
+        epoch,
+        changes,
+    } = job;
     let mut c = shared.committer.lock();
     let mut offsets: Vec<(String, i32, i64)> = slots
         .iter()
@@ -1024,7 +1099,8 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
             m.merge_operators(s.operators.clone());
         }
     }
-    if !has_outputs && offsets == c.committed_offsets {
+    if !has_outputs && offsets == c.committed_offsets && changes.is_empty() {
+        shared.state.mark_applied(epoch);
         return Ok(());
     }
 
@@ -1089,6 +1165,7 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
             })
             .collect(),
         outputs: batches,
+        changes,
     };
     let encoded = checkpoint.encode();
     let mut b = BatchBuilder::new(now_ms());
@@ -1113,6 +1190,15 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
         let appended = out.log.append_slice(&o.batch, now_ms())?;
         out.unsynced = Some(appended.last_offset);
     }
+    // Durable in the checkpoint record: now the store may hold them (a crash before this is mended at restart).
+    let change_bytes: usize = checkpoint.changes.iter().map(Bytes::len).sum();
+    if !checkpoint.changes.is_empty() {
+        shared
+            .state
+            .store()
+            .apply(checkpoint.id, &checkpoint.changes)?;
+    }
+    shared.state.mark_applied(epoch);
     c.checkpoint_log.delete_records_before(info.base_offset)?;
     c.checkpoint_id = checkpoint.id;
     c.committed_offsets = offsets;
@@ -1124,6 +1210,10 @@ fn commit(shared: &Shared, mut slots: Vec<Slot>, started: Instant) -> Result<()>
     m.last_checkpoint_micros = started.elapsed().as_micros() as u64;
     m.last_checkpoint_bytes = record.len() as u64;
     m.state_bytes = checkpoint.state_bytes() as u64;
+    m.last_checkpoint_change_bytes = change_bytes as u64;
+    m.state_change_bytes += change_bytes as u64;
+    m.state_store_bytes = shared.state.store().disk_bytes();
+    m.state_resident_bytes = shared.state.resident_bytes() as u64;
     tracing::debug!(pipeline = %shared.name, checkpoint = checkpoint.id, bytes = record.len(),
         micros = m.last_checkpoint_micros, "checkpoint committed");
     let now = now_ms();

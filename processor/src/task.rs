@@ -258,6 +258,7 @@ impl Task {
         index: usize,
         groups: KeyGroups,
         layout: OutputLayout,
+        state: Option<crate::keyed_state::StateHandle>,
     ) -> Task {
         let nodes = graph
             .nodes
@@ -269,6 +270,7 @@ impl Task {
                     groups,
                     late: n.late,
                     sink: n.sink,
+                    state: state.clone(),
                 })
             })
             .collect();

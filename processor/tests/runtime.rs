@@ -330,3 +330,80 @@ fn batch_jobs_end_whenever_their_last_checkpoint_falls() {
         assert_eq!(read.unwrap(), 6);
     }
 }
+
+/// The newest count per key in `out` (a table's changes).
+fn latest(out: &[Arc<Log>]) -> std::collections::HashMap<String, u64> {
+    let mut m = std::collections::HashMap::new();
+    for log in out {
+        for r in read_all(log) {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).to_string();
+            let v: u64 = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default())
+                .parse()
+                .unwrap();
+            let prev = m.insert(key, v);
+            assert!(prev.is_none_or(|p| p < v), "a count went backwards");
+        }
+    }
+    m
+}
+
+#[test]
+fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescaling() {
+    use millrace_processor::keyed_state::BackendKind;
+    let (dir, _logs, host, rt) = setup();
+    let make = |parallelism| {
+        Pipeline::new("tally")
+            .checkpoint_interval(Duration::from_millis(200))
+            .state_backend(BackendKind::Disk)
+            .state_memory_budget(1 << 20)
+            .parallelism(parallelism)
+            .source("in")
+            .key_by(|m: &Message| m.key.clone().unwrap_or_default())
+            .aggregate(Count)
+            .to_stream()
+            .sink_with_partitions("out", Some(2), |(k, v): (Bytes, Option<u64>)| {
+                OutRecord::new(Some(k), v.map(|v| Bytes::from(v.to_string())), 0)
+            })
+            .unwrap()
+    };
+    let input = host.topic("in", Some(2)).unwrap();
+    let keys: Vec<String> = (0..60_000).map(|i| format!("key-{i:06}")).collect();
+    for (p, chunk) in keys.chunks(30_000).enumerate() {
+        for c in chunk.chunks(5_000) {
+            let recs: Vec<(&str, i64)> = c.iter().map(|k| (k.as_str(), 1)).collect();
+            append(&input[p], &recs);
+        }
+    }
+    let p = start(&make(2), host.clone(), rt.handle().clone()).unwrap();
+    wait_for("every key", || p.metrics().records_read == 60_000);
+    let m = p.stop().unwrap();
+    assert!(
+        m.state_resident_bytes < 3 << 20,
+        "resident {} with a 1 MiB budget",
+        m.state_resident_bytes
+    );
+    assert!(m.state_store_bytes > 1 << 20, "the state is on disk: {m:?}");
+    let store_bytes = m.state_store_bytes;
+
+    // 1% of the keys again, at another parallelism: the checkpoint carries about 1% of the state.
+    let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
+    let again: Vec<(&str, i64)> = keys.iter().step_by(100).map(|k| (k.as_str(), 2)).collect();
+    append(&input[0], &again);
+    wait_for("the update", || {
+        p.metrics().records_read == again.len() as u64
+    });
+    let m = p.stop().unwrap();
+    assert!(
+        m.state_change_bytes > 0 && m.state_change_bytes * 20 < store_bytes,
+        "checkpoints of 1% of the keys wrote {} bytes of changes; the store holds {store_bytes}",
+        m.state_change_bytes
+    );
+    let out = host.topic("out", Some(2)).unwrap();
+    let c = latest(&out);
+    assert_eq!(c.len(), 60_000);
+    for (i, k) in keys.iter().enumerate() {
+        let want = if i % 100 == 0 { 2 } else { 1 };
+        assert_eq!(c.get(k), Some(&want), "{k}");
+    }
+    assert!(dir.path().join(".pipelines/tally/MANIFEST").exists());
+}

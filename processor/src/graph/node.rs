@@ -49,6 +49,8 @@ pub struct NodeInit<'a> {
     pub late: Option<usize>,
     /// The output index of the topic a sink node writes.
     pub sink: Option<usize>,
+    /// The pipeline's state backend, if it has one.
+    pub state: Option<crate::keyed_state::StateHandle>,
 }
 
 /// One node of the graph as a task runs it.
@@ -237,6 +239,8 @@ impl<I, O> ForwardNode<I, O> {
         stage.start(&TaskInfo {
             index: init.task,
             tasks: init.groups.parallelism,
+            state: init.state.clone(),
+            ..TaskInfo::default()
         });
         ForwardNode {
             stage,
@@ -343,6 +347,8 @@ impl<I, O> KeyedNode<I, O> {
             info: TaskInfo {
                 index: init.task,
                 tasks: g.parallelism,
+                state: init.state.clone(),
+                ..TaskInfo::default()
             },
             instances: (0..owned.len()).map(|_| None).collect(),
             owned,
@@ -389,7 +395,10 @@ fn instance<'a, I, O>(
     let slot = &mut instances[kg - owned.start];
     if slot.is_none() {
         let mut s = make();
-        s.start(info);
+        s.start(&TaskInfo {
+            key_group: Some(kg as u16),
+            ..info.clone()
+        });
         if now != i64::MIN {
             s.processing_time(now, out);
         }

@@ -2,21 +2,24 @@
 //! KTable): one accumulator per key, and after every element the key's new value is emitted as a change
 //! `(key, Some(value))` with the element's event time.
 //!
-//! Invariant: `accs` holds exactly the keys seen since the last restore or start (a table from a stream never
-//! deletes; a later step may filter values into tombstones).
+//! The accumulators are [`KeyedState`]: checkpoints write only the keys changed since the previous one, and
+//! on the disk backend the table may be larger than memory.
+//!
+//! Invariant: `accs` holds exactly the keys seen (a table from a stream never deletes; a later step may
+//! filter values into tombstones).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::aggregate::Aggregator;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::keyed_state::KeyedState;
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Collector, Operator};
-use crate::state::{Key, StateCodec, StateReader, StateWriter};
+use crate::operator::{Collector, Operator, TaskInfo};
+use crate::state::Key;
 
 pub struct TableAggregate<K, T, A: Aggregator<T>> {
     agg: Arc<A>,
-    accs: HashMap<K, A::Acc>,
+    accs: KeyedState<K, A::Acc>,
     _t: std::marker::PhantomData<fn(T)>,
 }
 
@@ -24,7 +27,7 @@ impl<K, T, A: Aggregator<T>> TableAggregate<K, T, A> {
     pub fn new(agg: Arc<A>) -> Self {
         TableAggregate {
             agg,
-            accs: HashMap::new(),
+            accs: KeyedState::new(),
             _t: std::marker::PhantomData,
         }
     }
@@ -33,56 +36,28 @@ impl<K, T, A: Aggregator<T>> TableAggregate<K, T, A> {
 impl<K: Key, T, A: Aggregator<T>> Operator<(K, T)> for TableAggregate<K, T, A> {
     type Out = (K, Option<A::Out>);
 
+    fn on_start(&mut self, task: &TaskInfo) {
+        self.accs.bind(task);
+    }
+
     fn process(&mut self, timestamp: i64, (key, item): (K, T), out: &mut dyn Collector<Self::Out>) {
-        let acc = match self.accs.get_mut(&key) {
-            Some(acc) => acc,
-            None => self
-                .accs
-                .entry(key.clone())
-                .or_insert_with(|| self.agg.init()),
-        };
-        self.agg.add(acc, &item);
-        let value = self.agg.finish(acc);
+        let agg = &self.agg;
+        let acc = self.accs.get_or_insert_with(key.clone(), || agg.init());
+        agg.add(acc, &item);
+        let value = agg.finish(acc);
         out.emit(timestamp, (key, Some(value)));
     }
 
     fn on_checkpoint(&mut self, state: &mut Vec<u8>) {
-        if self.accs.is_empty() {
-            return;
-        }
-        let mut w = StateWriter {
-            buf: std::mem::take(state),
-        };
-        w.u8(1);
-        w.u32(self.accs.len() as u32);
-        for (k, acc) in &self.accs {
-            k.encode(&mut w);
-            acc.encode(&mut w);
-        }
-        *state = w.buf;
+        self.accs.checkpoint(state);
     }
 
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
-        let mut r = StateReader::new(state);
-        let version = r.u8()?;
-        if version != 1 {
-            return Err(Error::CorruptState(format!(
-                "table aggregate state version {version}"
-            )));
-        }
-        for _ in 0..r.count(1)? {
-            let k = K::decode(&mut r)?;
-            let acc = A::Acc::decode(&mut r)?;
-            self.accs.insert(k, acc);
-        }
-        if !r.is_empty() {
-            return Err(Error::CorruptState("trailing bytes".into()));
-        }
-        Ok(())
+        self.accs.restore(state)
     }
 
     fn report(&self, m: &mut OperatorMetrics) {
-        m.state_entries += self.accs.len() as u64;
+        m.state_entries += self.accs.resident() as u64;
     }
 }
 

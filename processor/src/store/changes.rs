@@ -20,6 +20,9 @@ pub fn prefix(operator: &str, group: u16) -> Vec<u8> {
     p
 }
 
+/// Writes a value's bytes into a change set.
+pub type WriteValue<'a> = &'a dyn Fn(&mut Vec<u8>);
+
 /// Builds one change set.
 #[derive(Debug)]
 pub struct ChangeSet {
@@ -43,7 +46,7 @@ impl ChangeSet {
     }
 
     /// Appends a put (`Some`) or a deletion (`None`); `value` writes the value's bytes.
-    pub fn push(&mut self, key: &[u8], value: Option<&dyn Fn(&mut Vec<u8>)>) {
+    pub fn push(&mut self, key: &[u8], value: Option<WriteValue<'_>>) {
         self.buf
             .extend_from_slice(&(key.len() as u32).to_be_bytes());
         self.buf.extend_from_slice(key);

@@ -106,7 +106,7 @@ impl Store {
         let hash = key_hash(key);
         let mut f = Some(f);
         for run in v.runs.iter().rev() {
-            let got = run.get(key, hash, buf, |val| val.map(|x| (f.take().map(|f| f(x)))))?;
+            let got = run.get(key, hash, buf, |val| val.map(|x| f.take().map(|f| f(x))))?;
             if let Some(found) = got {
                 return Ok(found.flatten());
             }

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use super::bloom::{key_hash, Bloom};
 use crate::error::{Error, Result};
 
+/// One stored entry: key and value (None: a deletion).
+pub type EntryRef<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// Target size of a data block.
 pub const BLOCK: usize = 4096;
 /// The value length that marks a deletion.
@@ -226,11 +229,11 @@ impl<'r> Cursor<'r> {
     }
 
     /// The current entry, None at the end.
-    pub fn current(&self) -> Result<Option<(&[u8], Option<&[u8]>)>> {
+    pub fn current(&self) -> Result<Option<EntryRef<'_>>> {
         if self.at >= self.len {
             return Ok(None);
         }
-        let (k, v, _) = entry(&self.buf[..self.len], self.at)
+        let ((k, v), _) = entry(&self.buf[..self.len], self.at)
             .ok_or_else(|| corrupt(&self.run.path, "bad entry"))?;
         Ok(Some((k, v)))
     }
@@ -239,7 +242,7 @@ impl<'r> Cursor<'r> {
         if self.at >= self.len {
             return Ok(());
         }
-        let (_, _, next) = entry(&self.buf[..self.len], self.at)
+        let (_, next) = entry(&self.buf[..self.len], self.at)
             .ok_or_else(|| corrupt(&self.run.path, "bad entry"))?;
         self.at = next;
         self.fill()
@@ -259,17 +262,17 @@ fn be_u64(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// One entry of a block at `at`: (key, value or None for a tombstone, the next entry's position).
-fn entry(block: &[u8], at: usize) -> Option<(&[u8], Option<&[u8]>, usize)> {
+fn entry(block: &[u8], at: usize) -> Option<(EntryRef<'_>, usize)> {
     let klen = be_u32(block, at)? as usize;
     let vlen = be_u32(block, at + 4)?;
     let k0 = at + 8;
     let key = block.get(k0..k0.checked_add(klen)?)?;
     let v0 = k0 + klen;
     if vlen == TOMBSTONE {
-        return Some((key, None, v0));
+        return Some(((key, None), v0));
     }
     let value = block.get(v0..v0.checked_add(vlen as usize)?)?;
-    Some((key, Some(value), v0 + vlen as usize))
+    Some(((key, Some(value)), v0 + vlen as usize))
 }
 
 impl Run {
@@ -391,7 +394,7 @@ impl Run {
         let data = self.block(b, buf)?;
         let mut at = 0;
         while at < data.len() {
-            let (k, v, next) = entry(data, at).ok_or_else(|| corrupt(&self.path, "bad entry"))?;
+            let ((k, v), next) = entry(data, at).ok_or_else(|| corrupt(&self.path, "bad entry"))?;
             match k.cmp(key) {
                 std::cmp::Ordering::Less => at = next,
                 std::cmp::Ordering::Equal => return Ok(Some(f(v))),
@@ -409,7 +412,7 @@ impl Run {
             let data = self.block(b, &mut buf)?;
             let mut at = 0;
             while at < data.len() {
-                let (k, v, next) =
+                let ((k, v), next) =
                     entry(data, at).ok_or_else(|| corrupt(&self.path, "bad entry"))?;
                 at = next;
                 if k >= from && !f(k, v) {

@@ -1,0 +1,757 @@
+//! Keyed state with incremental checkpoints and an on-disk tier: the state backends.
+//!
+//! [`KeyedState`] is a map from key to value that an operator instance (one operator in one key group) keeps.
+//! When its task gave it a [`StateBackend`] (the runtime always does), a checkpoint writes only the entries
+//! changed since the previous one, as a change set (see [`crate::store::changes`]) that the checkpoint
+//! record carries and that is then applied to the pipeline's [`Store`]; restore reads the store, which is the
+//! base plus every increment. So a checkpoint's cost follows the rate of change, not the state's size.
+//!
+//! The two backends differ in what stays in memory:
+//! - **memory**: every entry. An instance reads its whole key group from the store when it is made, and
+//!   never evicts.
+//! - **disk**: what fits a memory budget per pipeline. A lookup that misses reads the store; when the
+//!   resident estimate of all instances passes the budget, an instance evicts its clean entries (those the
+//!   store already holds) down to its share. Entries changed since the last applied checkpoint cannot be
+//!   evicted, so when they pass half the budget the backend asks for an early checkpoint.
+//!
+//! Without a backend (an operator driven by hand in a unit test, or by the test driver) a checkpoint writes
+//! the whole map into the operator's snapshot bytes, as before; restoring such bytes into a bound state
+//! marks every entry changed, so a pipeline upgraded from full snapshots moves its state into the store at
+//! its first checkpoint.
+//!
+//! Invariants (of a bound state): a slot tagged [`DIRTY`] is in `dirty` exactly once and is newer than the
+//! store; a slot tagged with an epoch was staged in that epoch's change set and may be evicted once that
+//! epoch is applied; a clean slot equals the store. A key absent from the map is, on the disk backend,
+//! whatever the store says, and on the memory backend absent. `counted` is what this state has added to the
+//! backend's resident total.
+
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::fxhash::FxHashMap;
+use crate::operator::TaskInfo;
+use crate::state::{Key, StateCodec, StateReader, StateWriter};
+use crate::store::changes::{self, ChangeSet};
+use crate::store::Store;
+
+/// Where keyed state lives between checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// All of it in memory (checkpoints are still incremental).
+    #[default]
+    Memory,
+    /// In the on-disk store, with what fits the memory budget cached in memory.
+    Disk,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "memory" => Ok(BackendKind::Memory),
+            "disk" => Ok(BackendKind::Disk),
+            _ => Err(Error::Invalid(format!(
+                "state backend {s:?}: expected \"memory\" or \"disk\""
+            ))),
+        }
+    }
+}
+
+/// The default memory budget of the disk backend.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
+/// The folder of `pipeline`'s state store under a data directory: `.pipelines/NAME`, a name no topic
+/// partition folder (`topic-N`) can have; characters outside `[A-Za-z0-9._-]` become `_`.
+pub fn state_dir(data_dir: &std::path::Path, pipeline: &str) -> std::path::PathBuf {
+    let name: String = pipeline
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let name = if name.is_empty() || name.starts_with('.') {
+        format!("_{name}")
+    } else {
+        name
+    };
+    data_dir.join(".pipelines").join(name)
+}
+
+/// Slot tags: changed since the last checkpoint, or clean. Any other value is the epoch it was staged in.
+const DIRTY: u64 = u64::MAX;
+const CLEAN: u64 = 0;
+
+/// One pipeline's state backend, shared by its tasks.
+#[derive(Debug)]
+pub struct StateBackend {
+    store: Arc<Store>,
+    kind: BackendKind,
+    budget: usize,
+    resident: AtomicUsize,
+    dirty: AtomicUsize,
+    /// Bound disk-backend states (the budget is shared among them).
+    live: AtomicUsize,
+    /// The epoch change sets are staged in now (starts at 1).
+    epoch: AtomicU64,
+    /// The newest epoch whose change sets the store holds.
+    applied: AtomicU64,
+    staged: Mutex<Vec<Bytes>>,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+}
+
+pub type StateHandle = Arc<StateBackend>;
+
+impl StateBackend {
+    pub fn new(store: Arc<Store>, kind: BackendKind, budget: usize) -> StateHandle {
+        Arc::new(StateBackend {
+            store,
+            kind,
+            budget: budget.max(1 << 20),
+            resident: AtomicUsize::new(0),
+            dirty: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            epoch: AtomicU64::new(1),
+            applied: AtomicU64::new(0),
+            staged: Mutex::new(Vec::new()),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Ends the epoch (every task has staged its changes): its number and change sets, for the checkpoint.
+    pub fn seal(&self) -> (u64, Vec<Bytes>) {
+        let sets = std::mem::take(&mut *self.staged.lock());
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel);
+        (epoch, sets)
+    }
+
+    /// The change sets of `epoch` are in the store: its entries may be evicted.
+    pub fn mark_applied(&self, epoch: u64) {
+        self.applied.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// Changed state has grown past half the memory budget: a checkpoint would let it be evicted.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.kind == BackendKind::Disk && self.dirty.load(Ordering::Relaxed) > self.budget / 2
+    }
+
+    /// Estimated bytes of keyed state held in memory (all instances).
+    pub fn resident_bytes(&self) -> usize {
+        self.resident.load(Ordering::Relaxed)
+    }
+
+    /// The first error a state met reading the store (operators cannot return errors from `process`; the
+    /// runtime checks this and fails the pipeline before anything computed from it is committed).
+    pub fn take_error(&self) -> Option<Error> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.error.lock().clone()
+    }
+
+    fn fail(&self, e: Error) {
+        tracing::error!(error = %e, "keyed state could not be read");
+        self.error.lock().get_or_insert(e);
+        self.failed.store(true, Ordering::Release);
+    }
+
+    fn stage(&self, set: Vec<u8>) {
+        self.staged.lock().push(Bytes::from(set));
+    }
+}
+
+struct Slot<V> {
+    /// None: deleted (the deletion still has to reach the store, or be evicted once it has).
+    value: Option<V>,
+    tag: u64,
+}
+
+struct Bound {
+    handle: StateHandle,
+    prefix: Vec<u8>,
+    /// Scratch: the store key of a lookup, and the block it is read into.
+    key_buf: Vec<u8>,
+    read_buf: Vec<u8>,
+    disk: bool,
+}
+
+/// A keyed map with incremental checkpoints (see the module documentation).
+pub struct KeyedState<K, V> {
+    map: FxHashMap<K, Slot<V>>,
+    dirty: Vec<K>,
+    bound: Option<Bound>,
+    /// Estimated heap bytes of one entry's key and value beyond their inline size (measured at checkpoints).
+    heap_per_entry: usize,
+    counted: usize,
+    dirty_counted: usize,
+}
+
+impl<K: Key, V: StateCodec> Default for KeyedState<K, V> {
+    fn default() -> Self {
+        KeyedState::new()
+    }
+}
+
+impl<K, V> KeyedState<K, V> {
+    pub fn new() -> Self {
+        KeyedState {
+            map: FxHashMap::default(),
+            dirty: Vec::new(),
+            bound: None,
+            heap_per_entry: 16,
+            counted: 0,
+            dirty_counted: 0,
+        }
+    }
+}
+
+impl<K: Key, V: StateCodec> KeyedState<K, V> {
+    /// Estimated resident bytes of one entry: the table slot (at the table's 7/8 load factor) and its heap.
+    fn entry_bytes(&self) -> usize {
+        (std::mem::size_of::<(K, Slot<V>)>() + 1) * 8 / 7 + self.heap_per_entry
+    }
+
+    fn dirty_entry_bytes(&self) -> usize {
+        self.entry_bytes() + std::mem::size_of::<K>()
+    }
+
+    /// Binds the state to its task's backend, under the operator's id and key group. A state of a step that
+    /// is not keyed (no key group), or without a backend, stays unbound.
+    pub fn bind(&mut self, task: &TaskInfo) {
+        let (Some(handle), Some(group)) = (&task.state, task.key_group) else {
+            return;
+        };
+        let disk = handle.kind == BackendKind::Disk;
+        let b = Bound {
+            handle: handle.clone(),
+            prefix: changes::prefix(&task.operator, group),
+            key_buf: Vec::new(),
+            read_buf: Vec::new(),
+            disk,
+        };
+        if disk {
+            handle.live.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // The memory backend holds everything: read the key group now.
+            let mut loaded = Vec::new();
+            let mut bad = None;
+            let scanned = handle.store.scan_prefix(&b.prefix, |k, v| {
+                match (
+                    K::decode(&mut StateReader::new(k)),
+                    V::decode(&mut StateReader::new(v)),
+                ) {
+                    (Ok(k), Ok(v)) => loaded.push((k, v)),
+                    (Err(e), _) | (_, Err(e)) => bad = Some(e),
+                }
+            });
+            if let Some(e) = scanned.err().or(bad) {
+                handle.fail(e);
+            }
+            for (k, v) in loaded {
+                self.map.insert(
+                    k,
+                    Slot {
+                        value: Some(v),
+                        tag: CLEAN,
+                    },
+                );
+            }
+        }
+        self.bound = Some(b);
+        self.recount();
+    }
+
+    /// Brings the backend's resident total in line with this state's entries.
+    fn recount(&mut self) {
+        let now = self.map.len() * self.entry_bytes();
+        let dirty = self.dirty.len() * self.dirty_entry_bytes();
+        if let Some(b) = &self.bound {
+            let h = &b.handle;
+            if now >= self.counted {
+                h.resident.fetch_add(now - self.counted, Ordering::Relaxed);
+            } else {
+                h.resident.fetch_sub(self.counted - now, Ordering::Relaxed);
+            }
+            if dirty >= self.dirty_counted {
+                h.dirty
+                    .fetch_add(dirty - self.dirty_counted, Ordering::Relaxed);
+            } else {
+                h.dirty
+                    .fetch_sub(self.dirty_counted - dirty, Ordering::Relaxed);
+            }
+        }
+        self.counted = now;
+        self.dirty_counted = dirty;
+    }
+
+    /// Counts one more entry (and maybe one more changed one) without a full recount.
+    fn count_new(&mut self, dirty: bool) {
+        let (e, d) = (self.entry_bytes(), self.dirty_entry_bytes());
+        if let Some(b) = &self.bound {
+            b.handle.resident.fetch_add(e, Ordering::Relaxed);
+            if dirty {
+                b.handle.dirty.fetch_add(d, Ordering::Relaxed);
+            }
+        }
+        self.counted += e;
+        if dirty {
+            self.dirty_counted += d;
+        }
+    }
+
+    /// On the disk backend: evicts clean entries while the pipeline is over its budget, and reads `key` from
+    /// the store if it is not resident.
+    fn load(&mut self, key: &K) {
+        let Some(b) = &mut self.bound else { return };
+        if !b.disk {
+            return;
+        }
+        let over = b.handle.resident.load(Ordering::Relaxed) > b.handle.budget;
+        if over {
+            self.evict();
+        }
+        let Some(b) = &mut self.bound else { return };
+        if self.map.contains_key(key) {
+            return;
+        }
+        b.key_buf.clear();
+        b.key_buf.extend_from_slice(&b.prefix);
+        let mut w = StateWriter {
+            buf: std::mem::take(&mut b.key_buf),
+        };
+        key.encode(&mut w);
+        b.key_buf = w.buf;
+        let got = b.handle.store.get(&b.key_buf, &mut b.read_buf, |bytes| {
+            V::decode(&mut StateReader::new(bytes))
+        });
+        match got {
+            Ok(Some(Ok(v))) => {
+                self.map.insert(
+                    key.clone(),
+                    Slot {
+                        value: Some(v),
+                        tag: CLEAN,
+                    },
+                );
+                self.count_new(false);
+            }
+            Ok(None) => {}
+            Ok(Some(Err(e))) | Err(e) => b.handle.fail(e),
+        }
+    }
+
+    /// Evicts entries the store holds until this state is within its share of the budget.
+    fn evict(&mut self) {
+        let Some(b) = &self.bound else { return };
+        let h = &b.handle;
+        let share = h.budget * 3 / 4 / h.live.load(Ordering::Relaxed).max(1);
+        let per = self.entry_bytes();
+        if self.counted <= share {
+            return;
+        }
+        let applied = h.applied.load(Ordering::Acquire);
+        let mut excess = (self.counted - share) / per.max(1) + 1;
+        self.map.retain(|_, s| {
+            if excess > 0 && s.tag != DIRTY && s.tag <= applied {
+                excess -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        if self.map.capacity() > 2 * self.map.len() + 64 {
+            self.map.shrink_to_fit();
+        }
+        self.recount();
+    }
+
+    /// The value of `key`, if any.
+    pub fn get(&mut self, key: &K) -> Option<&V> {
+        self.load(key);
+        self.map.get(key).and_then(|s| s.value.as_ref())
+    }
+
+    /// The slot of `key`, made if there is none, marked changed.
+    fn slot_mut(&mut self, key: K) -> &mut Slot<V> {
+        self.load(&key);
+        let (e, d) = (self.entry_bytes(), self.dirty_entry_bytes());
+        let KeyedState {
+            map,
+            dirty,
+            bound,
+            counted,
+            dirty_counted,
+            ..
+        } = self;
+        let (slot, new, newly_dirty) = match map.entry(key) {
+            Entry::Occupied(o) => {
+                let k = o.key().clone();
+                let slot = o.into_mut();
+                let newly = slot.tag != DIRTY;
+                if newly {
+                    slot.tag = DIRTY;
+                    dirty.push(k);
+                }
+                (slot, false, newly)
+            }
+            Entry::Vacant(v) => {
+                dirty.push(v.key().clone());
+                let slot = v.insert(Slot {
+                    value: None,
+                    tag: DIRTY,
+                });
+                (slot, true, true)
+            }
+        };
+        if new {
+            *counted += e;
+        }
+        if newly_dirty {
+            *dirty_counted += d;
+        }
+        if let Some(b) = bound {
+            if new {
+                b.handle.resident.fetch_add(e, Ordering::Relaxed);
+            }
+            if newly_dirty {
+                b.handle.dirty.fetch_add(d, Ordering::Relaxed);
+            }
+        }
+        slot
+    }
+
+    /// The value of `key` for changing, made by `init` if there is none.
+    pub fn get_or_insert_with(&mut self, key: K, init: impl FnOnce() -> V) -> &mut V {
+        self.slot_mut(key).value.get_or_insert_with(init)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&mut self, key: K, value: V) {
+        self.slot_mut(key).value = Some(value);
+    }
+
+    /// Deletes `key`. (On the disk backend the deletion is kept until it reaches the store, since the
+    /// store may hold the key.)
+    pub fn remove(&mut self, key: &K) {
+        let resident = self.map.contains_key(key);
+        if !resident && !self.bound.as_ref().is_some_and(|b| b.disk) {
+            return;
+        }
+        self.slot_mut(key.clone()).value = None;
+    }
+
+    /// Entries resident in memory (on the disk backend, not all the state has).
+    pub fn resident(&self) -> usize {
+        self.map.values().filter(|s| s.value.is_some()).count()
+    }
+
+    /// Every resident entry (all of them unless on the disk backend).
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map
+            .iter()
+            .filter_map(|(k, s)| s.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// At a checkpoint: a bound state stages what changed; an unbound one writes all of itself to `state`.
+    pub fn checkpoint(&mut self, state: &mut Vec<u8>) {
+        let Some(b) = &mut self.bound else {
+            let live = self.resident();
+            if live == 0 {
+                return;
+            }
+            let mut w = StateWriter {
+                buf: std::mem::take(state),
+            };
+            w.u8(1);
+            w.u32(live as u32);
+            for (k, v) in self.iter() {
+                k.encode(&mut w);
+                v.encode(&mut w);
+            }
+            *state = w.buf;
+            self.dirty.clear();
+            return;
+        };
+        if self.dirty.is_empty() {
+            return;
+        }
+        let epoch = b.handle.epoch.load(Ordering::Acquire);
+        let mut set = ChangeSet::new(&b.prefix);
+        let mut kbuf = StateWriter::new();
+        for k in self.dirty.drain(..) {
+            let Some(slot) = self.map.get_mut(&k) else {
+                continue;
+            };
+            if slot.tag != DIRTY {
+                continue;
+            }
+            slot.tag = epoch;
+            kbuf.buf.clear();
+            k.encode(&mut kbuf);
+            match &slot.value {
+                Some(v) => set.push(
+                    &kbuf.buf,
+                    Some(&|out: &mut Vec<u8>| {
+                        let mut w = StateWriter {
+                            buf: std::mem::take(out),
+                        };
+                        v.encode(&mut w);
+                        *out = w.buf;
+                    }),
+                ),
+                None => set.push(&kbuf.buf, None),
+            }
+        }
+        let n = set.len();
+        let bytes = set.finish();
+        if let Some(per) = bytes.len().checked_div(n) {
+            // The encoded size stands in for the heap an entry owns beyond its inline size.
+            let inline = std::mem::size_of::<K>() + std::mem::size_of::<V>();
+            let per = per.saturating_sub(8);
+            self.heap_per_entry = (self.heap_per_entry + per.saturating_sub(inline / 2)) / 2;
+            b.handle.stage(bytes);
+        }
+        if !b.disk {
+            // Nothing is ever read back from the store while running: deletions need not stay resident.
+            self.map.retain(|_, s| s.value.is_some());
+        }
+        self.recount();
+    }
+
+    /// Restores what an unbound state's checkpoint wrote (in a bound state, as changes to stage).
+    pub fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let mut r = StateReader::new(state);
+        let version = r.u8()?;
+        if version != 1 {
+            return Err(Error::CorruptState(format!(
+                "keyed state version {version}"
+            )));
+        }
+        for _ in 0..r.count(1)? {
+            let k = K::decode(&mut r)?;
+            let v = V::decode(&mut r)?;
+            self.put(k, v);
+        }
+        if !r.is_empty() {
+            return Err(Error::CorruptState("trailing bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+impl<K, V> Drop for KeyedState<K, V> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bound {
+            b.handle.resident.fetch_sub(self.counted, Ordering::Relaxed);
+            b.handle
+                .dirty
+                .fetch_sub(self.dirty_counted, Ordering::Relaxed);
+            if b.disk {
+                b.handle.live.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(dir: &std::path::Path, kind: BackendKind, budget: usize) -> StateHandle {
+        StateBackend::new(Arc::new(Store::open(dir).unwrap()), kind, budget)
+    }
+
+    fn info(h: &StateHandle, group: u16) -> TaskInfo {
+        TaskInfo {
+            key_group: Some(group),
+            operator: "agg".into(),
+            state: Some(h.clone()),
+            ..TaskInfo::default()
+        }
+    }
+
+    /// What the runtime does at a checkpoint once every task has staged: seal, make durable, apply.
+    fn commit(h: &StateHandle, id: u64) -> usize {
+        let (epoch, sets) = h.seal();
+        let n = sets.iter().map(Bytes::len).sum();
+        h.store().apply(id, &sets).unwrap();
+        h.mark_applied(epoch);
+        n
+    }
+
+    fn state(h: &StateHandle, group: u16) -> KeyedState<String, u64> {
+        let mut s = KeyedState::new();
+        s.bind(&info(h, group));
+        s
+    }
+
+    #[test]
+    fn a_checkpoint_writes_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = backend(dir.path(), BackendKind::Memory, DEFAULT_MEMORY_BUDGET);
+        let mut s = state(&h, 3);
+        for i in 0..10_000u64 {
+            s.put(format!("k{i}"), i);
+        }
+        let mut bytes = Vec::new();
+        s.checkpoint(&mut bytes);
+        assert!(bytes.is_empty(), "a bound state writes no snapshot bytes");
+        let full = commit(&h, 1);
+        for i in 0..100u64 {
+            *s.get_or_insert_with(format!("k{i}"), || 0) += 1;
+        }
+        s.remove(&"k9999".to_string());
+        s.checkpoint(&mut bytes);
+        let delta = commit(&h, 2);
+        assert!(delta * 50 < full, "delta {delta} vs full {full}");
+        // Nothing changed: nothing staged.
+        s.checkpoint(&mut bytes);
+        assert_eq!(commit(&h, 3), 0);
+        drop(s);
+
+        // A new instance of the same group (a restart) reads the base plus the increments.
+        let mut back = state(&h, 3);
+        assert_eq!(back.resident(), 9_999);
+        assert_eq!(back.get(&"k5".to_string()), Some(&6));
+        assert_eq!(back.get(&"k500".to_string()), Some(&500));
+        assert_eq!(back.get(&"k9999".to_string()), None);
+        // Another group sees none of it.
+        assert_eq!(state(&h, 4).resident(), 0);
+    }
+
+    #[test]
+    fn the_disk_backend_keeps_within_its_budget_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 1 << 20;
+        let h = backend(dir.path(), BackendKind::Disk, budget);
+        let mut groups: Vec<_> = (0..4).map(|g| state(&h, g)).collect();
+        let n = 200_000u64;
+        let mut id = 0;
+        let mut peak = 0;
+        for i in 0..n {
+            let s = &mut groups[(i % 4) as usize];
+            *s.get_or_insert_with(format!("key-{i}"), || 0) += i;
+            if h.wants_checkpoint() {
+                for s in &mut groups {
+                    s.checkpoint(&mut Vec::new());
+                }
+                id += 1;
+                commit(&h, id);
+            }
+            peak = peak.max(h.resident_bytes());
+        }
+        for s in &mut groups {
+            s.checkpoint(&mut Vec::new());
+        }
+        id += 1;
+        commit(&h, id);
+        assert!(id > 3, "early checkpoints were asked for: {id}");
+        assert!(
+            peak < 2 * budget,
+            "peak resident {peak} over twice the budget {budget}"
+        );
+        // Every key reads back (most from disk), and updates keep working.
+        for i in (0..n).step_by(7) {
+            let s = &mut groups[(i % 4) as usize];
+            assert_eq!(s.get(&format!("key-{i}")), Some(&i), "key-{i}");
+            *s.get_or_insert_with(format!("key-{i}"), || 0) += 1;
+        }
+        assert!(h.resident_bytes() < 2 * budget);
+        for s in &mut groups {
+            s.checkpoint(&mut Vec::new());
+        }
+        commit(&h, id + 1);
+        drop(groups);
+        assert_eq!(
+            h.resident_bytes(),
+            0,
+            "dropped states give their bytes back"
+        );
+
+        let reopened = backend(dir.path(), BackendKind::Disk, budget);
+        let mut s = state(&reopened, 2);
+        assert_eq!(s.get(&"key-14".to_string()), Some(&15));
+        assert_eq!(s.get(&"key-6".to_string()), Some(&6));
+        assert_eq!(s.get(&"key-7".to_string()), None, "key-7 is in group 3");
+    }
+
+    #[test]
+    fn unbound_state_snapshots_whole_and_a_bound_one_takes_it_over() {
+        let mut s: KeyedState<String, u64> = KeyedState::new();
+        s.put("a".into(), 1);
+        s.put("b".into(), 2);
+        s.remove(&"b".to_string());
+        let mut bytes = Vec::new();
+        s.checkpoint(&mut bytes);
+        let mut back: KeyedState<String, u64> = KeyedState::new();
+        back.restore(&bytes).unwrap();
+        assert_eq!(back.iter().count(), 1);
+        assert!(back.restore(&bytes[..bytes.len() - 1]).is_err());
+
+        // Old full snapshot bytes restored into a bound state reach the store at the next checkpoint.
+        let dir = tempfile::tempdir().unwrap();
+        let h = backend(dir.path(), BackendKind::Disk, 1 << 20);
+        let mut bound = state(&h, 0);
+        bound.restore(&bytes).unwrap();
+        bound.checkpoint(&mut Vec::new());
+        commit(&h, 1);
+        drop(bound);
+        assert_eq!(state(&h, 0).get(&"a".to_string()), Some(&1));
+    }
+
+    #[test]
+    fn a_damaged_store_is_reported_not_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = backend(dir.path(), BackendKind::Disk, 1 << 20);
+        let mut s = state(&h, 0);
+        for i in 0..5_000u64 {
+            s.put(format!("k{i}"), i);
+        }
+        s.checkpoint(&mut Vec::new());
+        commit(&h, 1);
+        drop(s);
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "run") {
+                let mut b = std::fs::read(&p).unwrap();
+                for x in b.iter_mut().take(20_000).skip(100) {
+                    *x ^= 0x55;
+                }
+                std::fs::write(&p, b).unwrap();
+            }
+        }
+        // The open run keeps its index; its blocks now fail their checksums.
+        let mut s = state(&h, 0);
+        assert!(h.take_error().is_none());
+        for i in 0..50u64 {
+            let _ = s.get(&format!("k{i}"));
+        }
+        assert!(matches!(h.take_error(), Some(Error::CorruptState(_))));
+    }
+
+    #[test]
+    fn state_dirs_never_look_like_partitions() {
+        let d = std::path::Path::new("/data");
+        assert_eq!(state_dir(d, "p-1"), d.join(".pipelines/p-1"));
+        assert_eq!(state_dir(d, "../x"), d.join(".pipelines/_.._x"));
+        assert_eq!(state_dir(d, ""), d.join(".pipelines/_"));
+    }
+}
