@@ -103,10 +103,22 @@ pub(crate) struct SettingsSpec {
     checkpoint_fsync: Option<bool>,
     parallelism: Option<usize>,
     max_parallelism: Option<usize>,
+    /// "memory" or "disk".
+    state_backend: Option<Spanned<String>>,
+    state_memory_budget_mb: Option<usize>,
 }
 
 /// The pipeline with a file's settings applied.
-pub(crate) fn apply_settings(mut p: Pipeline, s: &SettingsSpec) -> Pipeline {
+pub(crate) fn apply_settings(cx: &Ctx, mut p: Pipeline, s: &SettingsSpec) -> Result<Pipeline> {
+    if let Some(b) = &s.state_backend {
+        match b.get_ref().parse::<crate::keyed_state::BackendKind>() {
+            Ok(kind) => p = p.state_backend(kind),
+            Err(e) => return cx.err(b.span(), e.to_string()),
+        }
+    }
+    if let Some(mb) = s.state_memory_budget_mb {
+        p = p.state_memory_budget(mb.saturating_mul(1 << 20));
+    }
     if let Some(ms) = s.checkpoint_interval_ms {
         p = p.checkpoint_interval(Duration::from_millis(ms));
     }
@@ -125,7 +137,7 @@ pub(crate) fn apply_settings(mut p: Pipeline, s: &SettingsSpec) -> Pipeline {
     if let Some(n) = s.max_parallelism {
         p = p.max_parallelism(n);
     }
-    p
+    Ok(p)
 }
 
 /// A pipeline name: 1 or more of [a-zA-Z0-9._-].
@@ -298,7 +310,7 @@ pub(crate) fn check_partitions(cx: &Ctx, p: &Option<Spanned<i32>>) -> Result<Opt
 
 fn build(spec: FileSpec, cx: &Ctx) -> Result<Job> {
     let name = check_name(cx, &spec.name)?;
-    let p = apply_settings(Pipeline::new(name), &spec.settings);
+    let p = apply_settings(cx, Pipeline::new(name), &spec.settings)?;
     let partitions = check_partitions(cx, &spec.source.partitions)?;
     let mut stream: Stream<Message> =
         p.source_with_partitions(spec.source.topic.clone(), partitions);

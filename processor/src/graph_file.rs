@@ -214,7 +214,7 @@ pub(crate) fn is_graph(doc: &toml::Table) -> bool {
 
 pub(crate) fn build(spec: GraphFile, cx: &Ctx) -> Result<Job> {
     let name = crate::file::check_name(cx, &spec.name)?;
-    let p = crate::file::apply_settings(Pipeline::new(name), &spec.settings);
+    let p = crate::file::apply_settings(cx, Pipeline::new(name), &spec.settings)?;
     let mut handles: HashMap<String, (Handle, std::ops::Range<usize>)> = HashMap::new();
     if spec.sources.is_empty() {
         return cx.err(
@@ -709,31 +709,7 @@ fn build_step(
                 return cx.err(at, "a window step needs a window = { type = ... }");
             };
             let shape = window_shape(cx, &at, w)?;
-            let Some(aggs) = s.aggregates.as_ref().filter(|a| !a.is_empty()) else {
-                return cx.err(at, "a window step needs aggregates = [{ op = ..., field = ..., as = ... }]");
-            };
-            let mut ops = Vec::new();
-            let mut names = Vec::new();
-            for a in aggs {
-                let Some(op) = AggOp::parse(&a.op) else {
-                    return cx.err(at, format!("unknown aggregate op {:?} (count, sum, min, max, avg, count_distinct)", a.op));
-                };
-                if op.needs_field() != a.field.is_some() {
-                    return cx.err(
-                        at,
-                        if op.needs_field() {
-                            format!("{} needs the field it aggregates", a.op)
-                        } else {
-                            "count takes no field".to_string()
-                        },
-                    );
-                }
-                names.push(a.name.clone().unwrap_or_else(|| match &a.field {
-                    Some(f) => format!("{}_{f}", a.op),
-                    None => a.op.clone(),
-                }));
-                ops.push((op, a.field.clone()));
-            }
+            let (ops, names) = aggregates(cx, &at, s, "window")?;
             let key_as = s.key_as.clone().or_else(|| match &k {
                 KeyFn::Field(f, _) => Some(f.clone()),
                 KeyFn::RecordKey => None,
@@ -767,16 +743,114 @@ fn build_step(
                     .uid(&uid(".result")),
             )
         }
+        "aggregate" => {
+            let k = key_fn(cx, at.clone(), &need(cx, &at, &s.key, "a key", "aggregate")?)?;
+            let (ops, names) = aggregates(cx, &at, s, "aggregate")?;
+            let key_as = s.key_as.clone().or_else(|| match &k {
+                KeyFn::Field(f, _) => Some(f.clone()),
+                KeyFn::RecordKey => None,
+            });
+            let st = input(&s.input, "an input")?;
+            Handle::Stream(
+                st.key_by(move |r: &Rec| k.keyed(r))
+                    .uid(&uid(".key"))
+                    .aggregate(JsonAggs { aggs: ops })
+                    .uid(&s.name)
+                    .to_stream()
+                    .process(move || RunningResult {
+                        key_as: key_as.clone(),
+                        names: names.clone(),
+                    })
+                    .uid(&uid(".result")),
+            )
+        }
         other => {
             return cx.err(
                 at,
                 format!(
                     "unknown step type {other:?} (filter, project, select, key_by, union, join, interval_join, \
-                     window_join, window)"
+                     window_join, window, aggregate)"
                 ),
             )
         }
     })
+}
+
+/// The `aggregates = [...]` of a window or aggregate step: the operations and the names of their results.
+fn aggregates(
+    cx: &Ctx,
+    at: &std::ops::Range<usize>,
+    s: &StepDef,
+    kind: &str,
+) -> Result<(Vec<(AggOp, Option<String>)>, Vec<String>)> {
+    let at = at.clone();
+    let Some(aggs) = s.aggregates.as_ref().filter(|a| !a.is_empty()) else {
+        return cx.err(
+            at,
+            format!("a {kind} step needs aggregates = [{{ op = ..., field = ..., as = ... }}]"),
+        );
+    };
+    let mut ops = Vec::new();
+    let mut names = Vec::new();
+    for a in aggs {
+        let Some(op) = AggOp::parse(&a.op) else {
+            return cx.err(
+                at,
+                format!(
+                    "unknown aggregate op {:?} (count, sum, min, max, avg, count_distinct)",
+                    a.op
+                ),
+            );
+        };
+        if op.needs_field() != a.field.is_some() {
+            return cx.err(
+                at,
+                if op.needs_field() {
+                    format!("{} needs the field it aggregates", a.op)
+                } else {
+                    "count takes no field".to_string()
+                },
+            );
+        }
+        names.push(a.name.clone().unwrap_or_else(|| match &a.field {
+            Some(f) => format!("{}_{f}", a.op),
+            None => a.op.clone(),
+        }));
+        ops.push((op, a.field.clone()));
+    }
+    Ok((ops, names))
+}
+
+/// Turns a running aggregate's change (key, results) into a record: `{key_as: key, name: result, ...}`
+/// keyed by the key, at the event time of the element that changed it.
+struct RunningResult {
+    key_as: Option<String>,
+    names: Vec<String>,
+}
+
+impl crate::operator::Operator<(Bytes, Option<Vec<Value>>)> for RunningResult {
+    type Out = Rec;
+    fn process(
+        &mut self,
+        timestamp: i64,
+        (key, values): (Bytes, Option<Vec<Value>>),
+        out: &mut dyn crate::operator::Collector<Rec>,
+    ) {
+        let mut obj = serde_json::Map::new();
+        if let Some(k) = &self.key_as {
+            obj.insert(
+                k.clone(),
+                Value::from(String::from_utf8_lossy(&key).to_string()),
+            );
+        }
+        for (n, v) in self.names.iter().zip(values.unwrap_or_default()) {
+            obj.insert(n.clone(), v);
+        }
+        out.emit(
+            timestamp,
+            Rec::derived(Some(key), timestamp, Value::Object(obj)),
+        );
+    }
 }
 
 /// Adds a table row's fields to a stream element (`fields`: those named, null when there is no row; else

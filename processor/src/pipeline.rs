@@ -1046,6 +1046,13 @@ impl<K: Key, V: Clone + Send + 'static> Table<K, V> {
         self
     }
 
+    /// Gives the step that made this table (an aggregate, a join) a stable id of your choosing: its state
+    /// is found by it after a restart.
+    pub fn uid(self, uid: &str) -> Self {
+        self.b.borrow_mut().nodes[self.node].id = uid.to_string();
+        self
+    }
+
     /// The table's changes as a stream.
     pub fn to_stream(self) -> Stream<(K, Option<V>)> {
         Stream::at(&self.b, self.node)

@@ -204,3 +204,69 @@ fn errors_name_the_line() {
         assert!(err.contains(what), "{err:?} should mention {what:?}");
     }
 }
+
+#[test]
+fn a_graph_file_keeps_a_running_aggregate_per_key_on_the_disk_backend() {
+    let src = r#"
+name = "spend"
+[settings]
+state_backend = "disk"
+state_memory_budget_mb = 64
+[[sources]]
+topic = "orders"
+[[steps]]
+name = "totals"
+type = "aggregate"
+input = "orders"
+key = { field = "user" }
+aggregates = [{ op = "sum", field = "amount", as = "spent" }, { op = "count" }]
+[[sinks]]
+input = "totals"
+topic = "spend"
+"#;
+    let job = parse(src, "spend.toml").expect("valid");
+    assert_eq!(
+        job.settings().state_backend,
+        millrace_processor::keyed_state::BackendKind::Disk
+    );
+    assert_eq!(job.settings().state_memory_budget, 64 << 20);
+    let mut d = TestDriver::new(&job, 1);
+    let order = |u: &str, amount: i64, ts| {
+        let v = format!(r#"{{"user":"{u}","amount":{amount}}}"#);
+        Message::new(None, Some(v.as_bytes()), ts)
+    };
+    d.send(0, order("ann", 5, 1));
+    d.send(0, order("bob", 7, 2));
+    d.send(0, order("ann", 10, 3));
+    d.finish();
+    let out: Vec<(String, String, i64)> = d
+        .outputs()
+        .iter()
+        .map(|r| (text(&r.key), text(&r.value), r.timestamp))
+        .collect();
+    assert_eq!(
+        out,
+        [
+            (
+                "ann".into(),
+                r#"{"count":1,"spent":5,"user":"ann"}"#.into(),
+                1
+            ),
+            (
+                "bob".into(),
+                r#"{"count":1,"spent":7,"user":"bob"}"#.into(),
+                2
+            ),
+            (
+                "ann".into(),
+                r#"{"count":2,"spent":15,"user":"ann"}"#.into(),
+                3
+            ),
+        ]
+    );
+
+    let bad = src.replace(r#"state_backend = "disk""#, r#"state_backend = "tape""#);
+    let e = parse(&bad, "spend.toml").err().unwrap().to_string();
+    assert!(e.starts_with("spend.toml:4:"), "{e}");
+    assert!(e.contains("\"memory\" or \"disk\""), "{e}");
+}
