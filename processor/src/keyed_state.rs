@@ -98,6 +98,8 @@ pub struct StateBackend {
     budget: usize,
     resident: AtomicUsize,
     dirty: AtomicUsize,
+    /// What the store itself keeps in memory (run indexes and Bloom filters), counted in the budget.
+    store_overhead: AtomicUsize,
     /// Bound disk-backend states (the budget is shared among them).
     live: AtomicUsize,
     /// The epoch change sets are staged in now (starts at 1).
@@ -113,12 +115,14 @@ pub type StateHandle = Arc<StateBackend>;
 
 impl StateBackend {
     pub fn new(store: Arc<Store>, kind: BackendKind, budget: usize) -> StateHandle {
+        let overhead = store.memory_bytes();
         Arc::new(StateBackend {
             store,
             kind,
             budget: budget.max(1 << 20),
             resident: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
+            store_overhead: AtomicUsize::new(overhead),
             live: AtomicUsize::new(0),
             epoch: AtomicU64::new(1),
             applied: AtomicU64::new(0),
@@ -145,17 +149,32 @@ impl StateBackend {
 
     /// The change sets of `epoch` are in the store: its entries may be evicted.
     pub fn mark_applied(&self, epoch: u64) {
+        self.store_overhead
+            .store(self.store.memory_bytes(), Ordering::Relaxed);
         self.applied.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// The bytes the budget caps: resident state and the store's own indexes and filters.
+    fn used(&self) -> usize {
+        self.resident.load(Ordering::Relaxed) + self.store_overhead.load(Ordering::Relaxed)
+    }
+
+    /// The budget left for resident state once the store's overhead is paid (at least a quarter of it).
+    fn state_budget(&self) -> usize {
+        self.budget
+            .saturating_sub(self.store_overhead.load(Ordering::Relaxed))
+            .max(self.budget / 4)
     }
 
     /// Changed state has grown past half the memory budget: a checkpoint would let it be evicted.
     pub fn wants_checkpoint(&self) -> bool {
-        self.kind == BackendKind::Disk && self.dirty.load(Ordering::Relaxed) > self.budget / 2
+        self.kind == BackendKind::Disk
+            && self.dirty.load(Ordering::Relaxed) > self.state_budget() / 2
     }
 
-    /// Estimated bytes of keyed state held in memory (all instances).
+    /// Estimated bytes of keyed state held in memory (all instances), with the store's indexes and filters.
     pub fn resident_bytes(&self) -> usize {
-        self.resident.load(Ordering::Relaxed)
+        self.used()
     }
 
     /// The first error a state met reading the store (operators cannot return errors from `process`; the
@@ -216,7 +235,7 @@ impl<K, V> KeyedState<K, V> {
             map: FxHashMap::default(),
             dirty: Vec::new(),
             bound: None,
-            heap_per_entry: 16,
+            heap_per_entry: 48,
             counted: 0,
             dirty_counted: 0,
         }
@@ -224,13 +243,16 @@ impl<K, V> KeyedState<K, V> {
 }
 
 impl<K: Key, V: StateCodec> KeyedState<K, V> {
-    /// Estimated resident bytes of one entry: the table slot (at the table's 7/8 load factor) and its heap.
+    /// Estimated resident bytes of one entry: the table slot (a hash table is between 7/16 and 7/8 full:
+    /// counted at 5/8) and what the entry owns on the heap.
     fn entry_bytes(&self) -> usize {
-        (std::mem::size_of::<(K, Slot<V>)>() + 1) * 8 / 7 + self.heap_per_entry
+        (std::mem::size_of::<(K, Slot<V>)>() + 1) * 8 / 5 + self.heap_per_entry
     }
 
+    /// A changed entry also has its key in `dirty` (a clone, which for a shared buffer is one more small
+    /// allocation).
     fn dirty_entry_bytes(&self) -> usize {
-        self.entry_bytes() + std::mem::size_of::<K>()
+        self.entry_bytes() + std::mem::size_of::<K>() + 32
     }
 
     /// Binds the state to its task's backend, under the operator's id and key group. A state of a step that
@@ -324,7 +346,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         if !b.disk {
             return;
         }
-        let over = b.handle.resident.load(Ordering::Relaxed) > b.handle.budget;
+        let over = b.handle.used() > b.handle.budget;
         if over {
             self.evict();
         }
@@ -345,7 +367,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         match got {
             Ok(Some(Ok(v))) => {
                 self.map.insert(
-                    key.clone(),
+                    key.to_stored(),
                     Slot {
                         value: Some(v),
                         tag: CLEAN,
@@ -362,7 +384,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
     fn evict(&mut self) {
         let Some(b) = &self.bound else { return };
         let h = &b.handle;
-        let share = h.budget * 3 / 4 / h.live.load(Ordering::Relaxed).max(1);
+        let share = h.state_budget() * 3 / 4 / h.live.load(Ordering::Relaxed).max(1);
         let per = self.entry_bytes();
         if self.counted <= share {
             return;
@@ -401,7 +423,10 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
             dirty_counted,
             ..
         } = self;
-        let (slot, new, newly_dirty) = match map.entry(key) {
+        let new = !map.contains_key(&key);
+        // A new key is stored detached from the buffer it was read in (see Key::to_stored).
+        let key = if new { key.to_stored() } else { key };
+        let (slot, newly_dirty) = match map.entry(key) {
             Entry::Occupied(o) => {
                 let k = o.key().clone();
                 let slot = o.into_mut();
@@ -410,7 +435,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
                     slot.tag = DIRTY;
                     dirty.push(k);
                 }
-                (slot, false, newly)
+                (slot, newly)
             }
             Entry::Vacant(v) => {
                 dirty.push(v.key().clone());
@@ -418,7 +443,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
                     value: None,
                     tag: DIRTY,
                 });
-                (slot, true, true)
+                (slot, true)
             }
         };
         if new {
@@ -523,10 +548,10 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         let n = set.len();
         let bytes = set.finish();
         if let Some(per) = bytes.len().checked_div(n) {
-            // The encoded size stands in for the heap an entry owns beyond its inline size.
-            let inline = std::mem::size_of::<K>() + std::mem::size_of::<V>();
-            let per = per.saturating_sub(8);
-            self.heap_per_entry = (self.heap_per_entry + per.saturating_sub(inline / 2)) / 2;
+            // The encoded size (less its two length fields) stands in for what an entry owns on the heap,
+            // rounded up to the allocator's 16-byte chunks, plus one chunk header.
+            let heap = per.saturating_sub(8).div_ceil(16) * 16 + 16;
+            self.heap_per_entry = (self.heap_per_entry + heap) / 2;
             b.handle.stage(bytes);
         }
         if !b.disk {
@@ -673,8 +698,15 @@ mod tests {
             let s = &mut groups[(i % 4) as usize];
             assert_eq!(s.get(&format!("key-{i}")), Some(&i), "key-{i}");
             *s.get_or_insert_with(format!("key-{i}"), || 0) += 1;
+            if h.wants_checkpoint() {
+                for s in &mut groups {
+                    s.checkpoint(&mut Vec::new());
+                }
+                id += 1;
+                commit(&h, id);
+            }
+            assert!(h.resident_bytes() < 2 * budget);
         }
-        assert!(h.resident_bytes() < 2 * budget);
         for s in &mut groups {
             s.checkpoint(&mut Vec::new());
         }
@@ -682,7 +714,7 @@ mod tests {
         drop(groups);
         assert_eq!(
             h.resident_bytes(),
-            0,
+            h.store().memory_bytes(),
             "dropped states give their bytes back"
         );
 

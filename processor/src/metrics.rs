@@ -31,6 +31,8 @@ pub struct PipelineMetrics {
     /// Wall clock minus watermark at the last checkpoint, in ms (0 before any input).
     pub watermark_lag_ms: i64,
     pub checkpoints: u64,
+    /// Checkpoint rounds the committer finished, including those with nothing to commit (skipped).
+    pub checkpoint_rounds: u64,
     /// How long the last checkpoint took, from stopping the tasks to its outputs being appended.
     pub last_checkpoint_micros: u64,
     /// Bytes of the last checkpoint record (state, offsets and the outputs it commits).

@@ -1101,6 +1101,7 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
     }
     if !has_outputs && offsets == c.committed_offsets && changes.is_empty() {
         shared.state.mark_applied(epoch);
+        shared.metrics.lock().checkpoint_rounds += 1;
         return Ok(());
     }
 
@@ -1207,6 +1208,7 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
     m.records_written += written;
     m.late_written += late_written;
     m.checkpoints += 1;
+    m.checkpoint_rounds += 1;
     m.last_checkpoint_micros = started.elapsed().as_micros() as u64;
     m.last_checkpoint_bytes = record.len() as u64;
     m.state_bytes = checkpoint.state_bytes() as u64;

@@ -143,6 +143,12 @@ pub trait Key: StateCodec + Clone + Eq + std::hash::Hash + Ord + Send + 'static 
     /// The bytes the partitioner hashes (and that a sink writes as the record key): for strings their UTF-8,
     /// for integers their big-endian bytes, as Kafka's serializers write them.
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]>;
+
+    /// The key as state keeps it for long: a key read from storage may share the buffer of the whole batch
+    /// it came in, which state must not pin (a `Bytes` key is copied out; other keys own their bytes).
+    fn to_stored(&self) -> Self {
+        self.clone()
+    }
 }
 
 impl StateCodec for u64 {
@@ -222,6 +228,9 @@ impl<A: StateCodec, B: StateCodec> StateCodec for (A, B) {
 }
 
 impl Key for Bytes {
+    fn to_stored(&self) -> Self {
+        Bytes::copy_from_slice(self)
+    }
     fn key_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
         std::borrow::Cow::Borrowed(self)
     }

@@ -17,6 +17,7 @@ mod payload;
 mod pipeline;
 mod produce;
 mod report;
+mod state;
 
 use std::time::Duration;
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
+use millrace_processor::keyed_state::BackendKind;
 use millrace_processor::local::LocalHost;
 use millrace_processor::source::for_each_record;
 use millrace_processor::{nexmark, Host, Job};
@@ -45,6 +46,25 @@ pub struct PipelineArgs {
     /// Which pipelines to run (`both`: the stateless and the keyed count; `joins`: the three join cases).
     #[arg(long, value_enum, default_value_t = Kind::All)]
     pub kind: Kind,
+    /// State sizes (keys) of `--kind state`, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000000,10000000,20000000"
+    )]
+    pub state_keys: Vec<u64>,
+    /// Backends of `--kind state`: memory, disk, or both.
+    #[arg(long, default_value = "both")]
+    pub state_backend: String,
+    /// Memory budget of the disk backend in `--kind state`, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub state_budget_mb: usize,
+    /// Rounds of changes after the load in `--kind state`.
+    #[arg(long, default_value_t = 3)]
+    pub state_rounds: usize,
+    /// Percent of the keys changed per round in `--kind state`.
+    #[arg(long, default_value_t = 1.0)]
+    pub state_changed_pct: f64,
     /// Do not fsync checkpoints (exactly-once then holds across process crashes, not machine crashes).
     #[arg(long)]
     pub no_fsync: bool,
@@ -69,12 +89,14 @@ pub enum Kind {
     JoinSum,
     Joins,
     All,
+    /// Keyed state against its size (not part of `all`: it loads up to 20 M keys).
+    State,
 }
 
 impl Kind {
     fn runs(self, case: Kind) -> bool {
         self == case
-            || self == Kind::All
+            || (self == Kind::All && case != Kind::State)
             || (self == Kind::Both && matches!(case, Kind::Stateless | Kind::Keyed))
             || (self == Kind::Joins
                 && matches!(case, Kind::TableJoin | Kind::IntervalJoin | Kind::JoinSum))
@@ -186,6 +208,37 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
     };
     let host = Arc::new(LocalHost::new(logs.clone(), config));
     let run_id = std::process::id();
+    if a.kind == Kind::State {
+        let kinds: &[BackendKind] = match a.state_backend.as_str() {
+            "memory" => &[BackendKind::Memory],
+            "disk" => &[BackendKind::Disk],
+            "both" => &[BackendKind::Memory, BackendKind::Disk],
+            other => bail!("--state-backend {other:?}: expected memory, disk or both"),
+        };
+        if a.state_keys.contains(&0) || !(a.state_changed_pct > 0.0 && a.state_changed_pct <= 100.0)
+        {
+            bail!("--state-keys must be positive and --state-changed-pct in (0, 100]");
+        }
+        let mut runs = Vec::new();
+        for &keys in &a.state_keys {
+            for &kind in kinds {
+                runs.push(super::state::run_one(
+                    &host,
+                    &rt,
+                    run_id,
+                    keys,
+                    kind,
+                    a.state_budget_mb,
+                    a.state_changed_pct,
+                    a.state_rounds,
+                    a.quiet,
+                )?);
+            }
+        }
+        logs.shutdown()?;
+        super::state::report(&runs, a.json, a.state_budget_mb);
+        return Ok(());
+    }
     let source_name = format!("bids-{run_id}");
     let source = host.topic(&source_name, Some(1))?;
     let source = source
