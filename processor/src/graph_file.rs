@@ -776,13 +776,16 @@ fn build_step(
     })
 }
 
+/// Aggregate operations with the field each reads.
+type AggList = Vec<(AggOp, Option<String>)>;
+
 /// The `aggregates = [...]` of a window or aggregate step: the operations and the names of their results.
 fn aggregates(
     cx: &Ctx,
     at: &std::ops::Range<usize>,
     s: &StepDef,
     kind: &str,
-) -> Result<(Vec<(AggOp, Option<String>)>, Vec<String>)> {
+) -> Result<(AggList, Vec<String>)> {
     let at = at.clone();
     let Some(aggs) = s.aggregates.as_ref().filter(|a| !a.is_empty()) else {
         return cx.err(
