@@ -27,6 +27,7 @@
 //! cannot share it. `examples/orders_enriched.rs`, `examples/revenue_by_country.rs` and
 //! `examples/ad_attribution.rs` are the reference pipelines of `examples/pipelines/` written this way.
 
+mod allocator;
 mod bench;
 pub mod pipelines;
 
@@ -105,6 +106,7 @@ enum PipelineCommand {
 /// `info`; left alone if the program already installed a subscriber), then [`run`] with the process's
 /// arguments. `serve` runs `jobs` alongside the `--pipeline` files.
 pub fn main_with(jobs: Vec<Job>) -> anyhow::Result<()> {
+    allocator::tune();
     // Fails only when a global subscriber is already set: the program's own, which is then used.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

@@ -12,7 +12,7 @@
 //! - **disk**: what fits a memory budget per pipeline. A lookup that misses reads the store; when the
 //!   resident estimate of all instances passes the budget, an instance evicts its clean entries (those the
 //!   store already holds) down to its share. Entries changed since the last applied checkpoint cannot be
-//!   evicted, so when they pass half the budget the backend asks for an early checkpoint.
+//!   evicted, so when they pass a quarter of the budget the backend asks for an early checkpoint.
 //!
 //! Without a backend (an operator driven by hand in a unit test, or by the test driver) a checkpoint writes
 //! the whole map into the operator's snapshot bytes, as before; restoring such bytes into a bound state
@@ -166,7 +166,9 @@ impl StateBackend {
             .max(self.budget / 4)
     }
 
-    /// Changed state has grown past half the memory budget: a checkpoint would let it be evicted.
+    /// Changed state has grown past a quarter of the memory budget: a checkpoint would let it be evicted.
+    /// (A quarter: up to two checkpoints may be on their way to the store, their entries not yet evictable,
+    /// while the next quarter changes; together they stay within the budget.)
     pub fn wants_checkpoint(&self) -> bool {
         self.kind == BackendKind::Disk
             && self.dirty.load(Ordering::Relaxed) > self.state_budget() / 2
@@ -521,6 +523,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         let epoch = b.handle.epoch.load(Ordering::Acquire);
         let mut set = ChangeSet::new(&b.prefix);
         let mut kbuf = StateWriter::new();
+        let mut deleted = Vec::new();
         for k in self.dirty.drain(..) {
             let Some(slot) = self.map.get_mut(&k) else {
                 continue;
@@ -529,6 +532,9 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
                 continue;
             }
             slot.tag = epoch;
+            if slot.value.is_none() && !b.disk {
+                deleted.push(k.clone());
+            }
             kbuf.buf.clear();
             k.encode(&mut kbuf);
             match &slot.value {
@@ -554,9 +560,11 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
             self.heap_per_entry = (self.heap_per_entry + heap) / 2;
             b.handle.stage(bytes);
         }
-        if !b.disk {
-            // Nothing is ever read back from the store while running: deletions need not stay resident.
-            self.map.retain(|_, s| s.value.is_some());
+        // On the memory backend nothing is read back from the store while running: deletions need not stay
+        // resident. (Removed one by one: a pass over the whole map would make checkpoints grow with the
+        // state.)
+        for k in deleted {
+            self.map.remove(&k);
         }
         self.recount();
     }

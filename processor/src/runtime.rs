@@ -1171,6 +1171,8 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
     let encoded = checkpoint.encode();
     let mut b = BatchBuilder::new(now_ms());
     b.push(now_ms(), Some(shared.name.as_bytes()), Some(&encoded), &[]);
+    // (The batch holds its own copy: a checkpoint with many state changes should not hold three.)
+    drop(encoded);
     let record = b.finish();
     let info = c.checkpoint_log.append_slice(&record, now_ms())?;
     if shared.fsync {

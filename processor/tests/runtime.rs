@@ -407,3 +407,100 @@ fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescali
     }
     assert!(dir.path().join(".pipelines/tally/MANIFEST").exists());
 }
+
+/// 20 M keys of state on the disk backend under a 256 MiB budget: the load stays within the budget, a round
+/// changing 1% of the keys writes about 1% of what the load wrote, and after a restart every key counts on.
+/// Minutes in a release build, so not in the default run:
+/// `cargo test --release -p millrace-processor --test runtime -- --ignored twenty_million`.
+#[test]
+#[ignore]
+fn twenty_million_keys_under_a_256_mib_budget_checkpoint_only_what_changed() {
+    use millrace_processor::keyed_state::BackendKind;
+    let (_dir, _logs, host, rt) = setup();
+    let keys: u64 = 20_000_000;
+    let budget = 256usize << 20;
+    let job = Pipeline::new("big")
+        .checkpoint_interval(Duration::from_millis(500))
+        .state_backend(BackendKind::Disk)
+        .state_memory_budget(budget)
+        .parallelism(1)
+        .source("in")
+        .key_by(|m: &Message| m.key.clone().unwrap_or_default())
+        .aggregate(Count)
+        .to_stream()
+        // Only the probe keys are written out: the figures are those of the state.
+        .filter(|(k, _): &(Bytes, Option<u64>)| k.starts_with(b"k0000000"))
+        .sink_with_partitions("out", Some(1), |(k, v): (Bytes, Option<u64>)| {
+            OutRecord::new(Some(k), v.map(|v| Bytes::from(v.to_string())), 0)
+        })
+        .unwrap();
+    let input = host.topic("in", Some(1)).unwrap();
+    let key = |i: u64| format!("k{i:010}");
+    let append_keys = |ks: &mut dyn Iterator<Item = u64>| {
+        let mut n = 0;
+        loop {
+            let chunk: Vec<String> = ks.take(5_000).map(key).collect();
+            if chunk.is_empty() {
+                return n;
+            }
+            let recs: Vec<(&str, i64)> = chunk.iter().map(|k| (k.as_str(), 1)).collect();
+            append(&input[0], &recs);
+            n += chunk.len() as u64;
+        }
+    };
+    let settle = |p: &millrace_processor::RunningPipeline, read: u64| {
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        let mut peak = 0;
+        let mut after = None;
+        loop {
+            let m = p.metrics();
+            assert!(p.error().is_none(), "{:?}", p.error());
+            assert!(Instant::now() < deadline, "no progress: {m:?}");
+            peak = peak.max(m.state_resident_bytes);
+            if m.records_read >= read {
+                let first = *after.get_or_insert(m.checkpoint_rounds);
+                if m.checkpoint_rounds > first {
+                    return (m, peak);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    append_keys(&mut (0..keys));
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    let (m, peak) = settle(&p, keys);
+    let load_bytes = m.state_change_bytes;
+    assert!(
+        peak <= budget + budget / 10,
+        "resident state peaked at {peak} over a {budget} budget"
+    );
+    // 1% of the keys again (every hundredth).
+    let n = append_keys(&mut (0..keys).step_by(100));
+    let (m, peak) = settle(&p, keys + n);
+    let round = m.state_change_bytes - load_bytes;
+    assert!(
+        round * 50 < load_bytes,
+        "a 1% round wrote {round} bytes of changes, the load {load_bytes}"
+    );
+    assert!(peak <= budget + budget / 10, "peak {peak}");
+    p.stop().unwrap();
+
+    // After a restart the probe keys count on: k0000000000..k0000000099 were counted twice when i % 100 == 0.
+    let p = start(&job, host.clone(), rt.handle().clone()).unwrap();
+    let before = host.topic("out", Some(1)).unwrap()[0].log_end_offset();
+    let n = append_keys(&mut (0..100));
+    settle(&p, n);
+    p.stop().unwrap();
+    let out = host.topic("out", Some(1)).unwrap();
+    let after: Vec<Message> = read_all(&out[0])
+        .into_iter()
+        .filter(|m| m.offset >= before)
+        .collect();
+    assert_eq!(after.len(), 100);
+    for m in after {
+        let k = String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).to_string();
+        let i: u64 = k[1..].parse().unwrap();
+        let want = if i % 100 == 0 { "3" } else { "2" };
+        assert_eq!(m.value.as_deref(), Some(want.as_bytes()), "{k}");
+    }
+}

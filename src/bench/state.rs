@@ -31,11 +31,18 @@ pub struct StateRun {
     pub load_seconds: f64,
     pub load_change_bytes: u64,
     pub rss_after_load: u64,
-    /// Per round: (keys changed, change bytes, longest checkpoint in ms, seconds).
-    pub rounds: Vec<(u64, u64, f64, f64)>,
+    pub rounds: Vec<Round>,
     pub restart_seconds: f64,
     pub rss_peak: u64,
     pub store_bytes: u64,
+}
+
+/// One round of changes.
+pub struct Round {
+    pub keys_changed: u64,
+    pub change_bytes: u64,
+    pub longest_checkpoint_ms: f64,
+    pub seconds: f64,
 }
 
 /// RssAnon of this process, in bytes (0 where /proc is missing).
@@ -193,7 +200,12 @@ pub fn run_one(
                 "  round {r}: {per_round} keys, {bytes} bytes of changes, longest checkpoint {longest:.1} ms"
             );
         }
-        out_rounds.push((per_round, bytes, longest, secs));
+        out_rounds.push(Round {
+            keys_changed: per_round,
+            change_bytes: bytes,
+            longest_checkpoint_ms: longest,
+            seconds: secs,
+        });
     }
     let m = p.stop()?;
     let store_bytes = m.state_store_bytes;
@@ -224,7 +236,7 @@ pub fn run_one(
 }
 
 pub fn report(runs: &[StateRun], json_out: bool, budget_mb: usize) {
-    let avg = |r: &StateRun, f: &dyn Fn(&(u64, u64, f64, f64)) -> f64| {
+    let avg = |r: &StateRun, f: &dyn Fn(&Round) -> f64| {
         r.rounds.iter().map(f).sum::<f64>() / r.rounds.len().max(1) as f64
     };
     if json_out {
@@ -238,9 +250,12 @@ pub fn report(runs: &[StateRun], json_out: bool, budget_mb: usize) {
                     "load_keys_per_s": r.keys as f64 / r.load_seconds.max(1e-9),
                     "load_change_bytes": r.load_change_bytes,
                     "rounds": r.rounds.iter().map(|x| json!({
-                        "keys_changed": x.0, "change_bytes": x.1, "longest_checkpoint_ms": x.2, "seconds": x.3
+                        "keys_changed": x.keys_changed,
+                        "change_bytes": x.change_bytes,
+                        "longest_checkpoint_ms": x.longest_checkpoint_ms,
+                        "seconds": x.seconds,
                     })).collect::<Vec<_>>(),
-                    "round_seconds": avg(r, &|x| x.3),
+                    "round_seconds": avg(r, &|x| x.seconds),
                     "restart_and_round_seconds": r.restart_seconds,
                     "rss_anon_after_load": r.rss_after_load,
                     "rss_anon_peak": r.rss_peak,
@@ -268,8 +283,8 @@ pub fn report(runs: &[StateRun], json_out: bool, budget_mb: usize) {
         "store MiB"
     );
     for r in runs {
-        let changed = avg(r, &|x| x.0 as f64);
-        let bytes = avg(r, &|x| x.1 as f64);
+        let changed = avg(r, &|x| x.keys_changed as f64);
+        let bytes = avg(r, &|x| x.change_bytes as f64);
         println!(
             "{:<8} {:>10} {:>12.0} {:>14.0} {:>14.1} {:>10.1}ms {:>10.2} {:>12.2} {:>12} {:>12}",
             r.backend,
@@ -277,8 +292,11 @@ pub fn report(runs: &[StateRun], json_out: bool, budget_mb: usize) {
             r.keys as f64 / r.load_seconds.max(1e-9),
             bytes,
             bytes / changed.max(1.0),
-            r.rounds.iter().map(|x| x.2).fold(0.0, f64::max),
-            avg(r, &|x| x.3),
+            r.rounds
+                .iter()
+                .map(|x| x.longest_checkpoint_ms)
+                .fold(0.0, f64::max),
+            avg(r, &|x| x.seconds),
             r.restart_seconds,
             r.rss_peak >> 20,
             r.store_bytes >> 20

@@ -138,32 +138,36 @@ impl Store {
     pub fn apply(&self, checkpoint: u64, change_sets: &[Bytes]) -> Result<()> {
         let _w = self.writer.lock();
         let v = self.version();
-        let mut entries: Vec<(Vec<u8>, Option<&[u8]>)> = Vec::new();
+        // (prefix, key, value), borrowed from the change sets. A store key is prefix ++ key, and no prefix is
+        // a prefix of another, so ordering by (prefix, key) is ordering by store key.
+        let mut entries: Vec<(&[u8], &[u8], Option<&[u8]>)> = Vec::new();
         for c in change_sets {
-            changes::decode(c, |prefix, key, value| {
-                let mut k = Vec::with_capacity(prefix.len() + key.len());
-                k.extend_from_slice(prefix);
-                k.extend_from_slice(key);
-                entries.push((k, value));
-            })?;
+            changes::decode(c, |prefix, key, value| entries.push((prefix, key, value)))?;
         }
         // Stable: for equal keys the later change stays last, and is the one kept.
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut runs = v.runs.clone();
         let mut next_seq = v.next_seq;
         if !entries.is_empty() {
             let seq = next_seq;
             next_seq += 1;
             let mut w = RunWriter::create(&run_path(&self.dir, seq), entries.len())?;
+            let mut full = Vec::new();
             let mut i = 0;
             while i < entries.len() {
                 let mut j = i;
-                while j + 1 < entries.len() && entries[j + 1].0 == entries[i].0 {
+                while j + 1 < entries.len()
+                    && (entries[j + 1].0, entries[j + 1].1) == (entries[i].0, entries[i].1)
+                {
                     j += 1;
                 }
+                let (prefix, key, value) = entries[j];
                 // A deletion with no older run to shadow is dropped.
-                if entries[j].1.is_some() || !runs.is_empty() {
-                    w.push(&entries[j].0, entries[j].1)?;
+                if value.is_some() || !runs.is_empty() {
+                    full.clear();
+                    full.extend_from_slice(prefix);
+                    full.extend_from_slice(key);
+                    w.push(&full, value)?;
                 }
                 i = j + 1;
             }
