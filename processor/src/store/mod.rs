@@ -32,6 +32,9 @@ use bloom::key_hash;
 use manifest::Manifest;
 use run::{io, Cursor, Run, RunWriter};
 
+/// One change, borrowed from its change set: (prefix, key, value or None for a deletion).
+type Change<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+
 #[derive(Debug, Default)]
 struct Version {
     checkpoint: u64,
@@ -140,7 +143,7 @@ impl Store {
         let v = self.version();
         // (prefix, key, value), borrowed from the change sets. A store key is prefix ++ key, and no prefix is
         // a prefix of another, so ordering by (prefix, key) is ordering by store key.
-        let mut entries: Vec<(&[u8], &[u8], Option<&[u8]>)> = Vec::new();
+        let mut entries: Vec<Change<'_>> = Vec::new();
         for c in change_sets {
             changes::decode(c, |prefix, key, value| entries.push((prefix, key, value)))?;
         }
