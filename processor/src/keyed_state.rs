@@ -119,7 +119,7 @@ impl StateBackend {
         Arc::new(StateBackend {
             store,
             kind,
-            budget: budget.max(1 << 20),
+            budget,
             resident: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
             store_overhead: AtomicUsize::new(overhead),
@@ -734,6 +734,44 @@ mod tests {
     }
 
     #[test]
+    fn entries_on_their_way_to_the_store_are_not_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = backend(dir.path(), BackendKind::Disk, 16 << 10);
+        let mut s = state(&h, 0);
+        for i in 0..100u64 {
+            s.put(format!("k{i}"), 1);
+        }
+        s.checkpoint(&mut Vec::new());
+        commit(&h, 1);
+        for i in 0..100u64 {
+            s.put(format!("k{i}"), 2);
+        }
+        // Staged and sealed, not yet applied (the committer is behind).
+        s.checkpoint(&mut Vec::new());
+        let (epoch, sets) = h.seal();
+        // Pressure: many new keys push the state over its budget, so lookups evict.
+        for i in 100..2000u64 {
+            s.put(format!("k{i}"), 3);
+            let _ = s.get(&format!("k{}", i % 100));
+        }
+        for i in 0..100u64 {
+            assert_eq!(s.get(&format!("k{i}")), Some(&2), "k{i}");
+        }
+        h.store().apply(2, &sets).unwrap();
+        h.mark_applied(epoch);
+        s.checkpoint(&mut Vec::new());
+        commit(&h, 3);
+        for i in 0..100u64 {
+            assert_eq!(s.get(&format!("k{i}")), Some(&2), "k{i}");
+        }
+        assert!(
+            s.resident() < 1000,
+            "once in the store, entries are evicted: {}",
+            s.resident()
+        );
+    }
+
+    #[test]
     fn unbound_state_snapshots_whole_and_a_bound_one_takes_it_over() {
         let mut s: KeyedState<String, u64> = KeyedState::new();
         s.put("a".into(), 1);
@@ -785,6 +823,100 @@ mod tests {
             let _ = s.get(&format!("k{i}"));
         }
         assert!(matches!(h.take_error(), Some(Error::CorruptState(_))));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add(u16, u64),
+        Remove(u16),
+        Get(u16),
+        /// Stage and seal a checkpoint; its changes reach the store at a later Apply (as the committer's
+        /// run after the tasks went on).
+        Checkpoint,
+        Apply,
+        /// Apply what is sealed, then drop every state and bind new ones to the same store (a restart).
+        Restart,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (0u16..3000, 1u64..100).prop_map(|(k, v)| Op::Add(k, v)),
+            2 => (0u16..3000).prop_map(Op::Remove),
+            3 => (0u16..3000).prop_map(Op::Get),
+            1 => Just(Op::Checkpoint),
+            1 => Just(Op::Apply),
+            1 => Just(Op::Restart),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+        /// Any sequence of changes, reads, checkpoints and restarts, on either backend and with a budget small
+        /// enough to evict, reads the same as a plain map (restarts keep what was checkpointed).
+        #[test]
+        fn equals_a_map_across_checkpoints_evictions_and_restarts(
+            ops in proptest::collection::vec(op(), 1..1500),
+            disk in proptest::bool::ANY,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let kind = if disk { BackendKind::Disk } else { BackendKind::Memory };
+            // 24 KiB: a few hundred entries, so the disk backend evicts and reads back all the time.
+            let h = backend(dir.path(), kind, 24 << 10);
+            let groups = 3u16;
+            let mut states: Vec<_> = (0..groups).map(|g| state(&h, g)).collect();
+            let mut model: std::collections::HashMap<u16, u64> = Default::default();
+            let mut committed = model.clone();
+            let mut sealed = std::collections::VecDeque::new();
+            let mut id = 0;
+            let name = |k: u16| format!("key-{k}-{}", "x".repeat(usize::from(k % 40)));
+            for op in ops {
+                match op {
+                    Op::Add(k, v) => {
+                        *states[usize::from(k % groups)].get_or_insert_with(name(k), || 0) += v;
+                        *model.entry(k).or_default() += v;
+                    }
+                    Op::Remove(k) => {
+                        states[usize::from(k % groups)].remove(&name(k));
+                        model.remove(&k);
+                    }
+                    Op::Get(k) => {
+                        let got = states[usize::from(k % groups)].get(&name(k)).copied();
+                        proptest::prop_assert_eq!(got, model.get(&k).copied(), "key {}", k);
+                    }
+                    Op::Checkpoint => {
+                        for s in &mut states {
+                            s.checkpoint(&mut Vec::new());
+                        }
+                        let (epoch, sets) = h.seal();
+                        sealed.push_back((epoch, sets, model.clone()));
+                    }
+                    Op::Apply | Op::Restart => {
+                        let n = if matches!(op, Op::Apply) { 1 } else { sealed.len() };
+                        for (epoch, sets, m) in sealed.drain(..n.min(sealed.len())) {
+                            id += 1;
+                            h.store().apply(id, &sets).unwrap();
+                            h.mark_applied(epoch);
+                            committed = m;
+                        }
+                        if matches!(op, Op::Restart) {
+                            // Changes after the last checkpoint are lost, as in a crash.
+                            states.clear();
+                            states = (0..groups).map(|g| state(&h, g)).collect();
+                            model = committed.clone();
+                        }
+                    }
+                }
+            }
+            proptest::prop_assert!(h.take_error().is_none());
+            // Without a final checkpoint, a restart sees the last committed state.
+            drop(states);
+            let mut states: Vec<_> = (0..groups).map(|g| state(&h, g)).collect();
+            for k in 0..3000u16 {
+                let got = states[usize::from(k % groups)].get(&name(k)).copied();
+                proptest::prop_assert_eq!(got, committed.get(&k).copied(), "key {}", k);
+            }
+        }
     }
 
     #[test]

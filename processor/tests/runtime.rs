@@ -419,6 +419,8 @@ fn twenty_million_keys_under_a_256_mib_budget_checkpoint_only_what_changed() {
     let (_dir, _logs, host, rt) = setup();
     let keys: u64 = 20_000_000;
     let budget = 256usize << 20;
+    // The estimate may pass the budget by what one lookup adds before the next eviction.
+    let limit = (budget + budget / 10) as u64;
     let job = Pipeline::new("big")
         .checkpoint_interval(Duration::from_millis(500))
         .state_backend(BackendKind::Disk)
@@ -471,7 +473,7 @@ fn twenty_million_keys_under_a_256_mib_budget_checkpoint_only_what_changed() {
     let (m, peak) = settle(&p, keys);
     let load_bytes = m.state_change_bytes;
     assert!(
-        peak <= budget + budget / 10,
+        peak <= limit,
         "resident state peaked at {peak} over a {budget} budget"
     );
     // 1% of the keys again (every hundredth).
@@ -482,7 +484,7 @@ fn twenty_million_keys_under_a_256_mib_budget_checkpoint_only_what_changed() {
         round * 50 < load_bytes,
         "a 1% round wrote {round} bytes of changes, the load {load_bytes}"
     );
-    assert!(peak <= budget + budget / 10, "peak {peak}");
+    assert!(peak <= limit, "peak {peak}");
     p.stop().unwrap();
 
     // After a restart the probe keys count on: k0000000000..k0000000099 were counted twice when i % 100 == 0.
