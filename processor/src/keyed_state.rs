@@ -465,6 +465,15 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         slot
     }
 
+    /// The value of `key` for changing in place, if there is one (it counts as changed).
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.load(key);
+        if !self.map.get(key).is_some_and(|s| s.value.is_some()) {
+            return None;
+        }
+        self.slot_mut(key.clone()).value.as_mut()
+    }
+
     /// The value of `key` for changing, made by `init` if there is none.
     pub fn get_or_insert_with(&mut self, key: K, init: impl FnOnce() -> V) -> &mut V {
         self.slot_mut(key).value.get_or_insert_with(init)

@@ -22,41 +22,77 @@
 //!   which is all that a probe at `t >= watermark` can need. Older versions are pruned when the watermark
 //!   moves; a key whose only remaining version is a tombstone at or before the watermark is dropped (a
 //!   probe would find no row either way). Table rows that arrive late are still inserted;
-//! - `prune_at` lists, for every version, its timestamp and key (and may hold stale entries for versions
-//!   replaced or pruned since): a key can need pruning only once one of its versions is at or before the
-//!   watermark, so keys are visited when the watermark passes their versions, not all keys every time.
+//! - `prune_at` lists the timestamp and key of every version of a key that may need pruning, that is of
+//!   every key with more than one version or with a tombstone (and may hold stale entries for versions
+//!   replaced or pruned since): such a key can need pruning only once one of its versions is at or before
+//!   the watermark, so keys are visited when the watermark passes their versions, not all keys every time.
+//!   A key with one live version (most of a slowly changing table) needs none and is not listed.
+//!
+//! The versions are [`KeyedState`]: checkpoints write the keys whose versions changed, and on the disk
+//! backend the table may be larger than memory. `prune_at`, the probes and the watermark are snapshotted
+//! whole; they hold only what is changing.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::fxhash::FxHashMap;
 use crate::join::{Either, JoinKind};
+use crate::keyed_state::KeyedState;
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Collector, Operator};
+use crate::operator::{Collector, Operator, TaskInfo};
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
 
 /// Builds the output of one probe from its key, its value and the table row as of its time.
 pub type TemporalJoinFn<K, L, V, O> = Arc<dyn Fn(&K, L, Option<&V>) -> O + Send + Sync>;
 
-const STATE_VERSION: u8 = 1;
+/// Version 2 keeps the versions in keyed state; version 1 (everything in the snapshot) is still read.
+const STATE_VERSION: u8 = 2;
+
+/// One key's table versions: version timestamp -> row (`None`: deleted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versions<V>(pub BTreeMap<i64, Option<V>>);
+
+impl<V: StateCodec> StateCodec for Versions<V> {
+    fn encode(&self, w: &mut StateWriter) {
+        w.u32(self.0.len() as u32);
+        for (ts, row) in &self.0 {
+            w.i64(*ts);
+            row.encode(w);
+        }
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let mut m = BTreeMap::new();
+        // A version takes its timestamp and option tag (9 bytes).
+        for _ in 0..r.count(9)? {
+            let ts = r.i64()?;
+            if m.insert(ts, Option::<V>::decode(r)?).is_some() {
+                return Err(Error::CorruptState(
+                    "temporal join: a version timestamp twice".into(),
+                ));
+            }
+        }
+        Ok(Versions(m))
+    }
+}
 
 pub struct TemporalJoin<K, L, V, O> {
     kind: JoinKind,
     f: TemporalJoinFn<K, L, V, O>,
     watermark: i64,
-    /// Per key, version timestamp -> row (`None`: deleted).
-    versions: FxHashMap<K, BTreeMap<i64, Option<V>>>,
+    /// Per key, its versions.
+    versions: KeyedState<K, Versions<V>>,
     /// Buffered probes in event-time order, ties in arrival order. Probes mostly arrive in time order, so
     /// this is a queue with an in-order fast path (push at the back), not a tree: no allocation per probe.
     probes: VecDeque<(i64, K, L)>,
     prune_at: BTreeMap<i64, Vec<K>>,
+    /// Versions held (counted since the start or a restore from a snapshot; versions read back from the
+    /// store are not counted).
     version_count: u64,
     probe_count: u64,
     late_records: u64,
 }
 
-impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
+impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
     /// `kind` is [`JoinKind::Inner`] or [`JoinKind::Left`]; `Right` and `Full` make no sense against a table
     /// (there is no "unmatched table row" event) and behave as `Inner` and `Left` respectively.
     pub fn new(kind: JoinKind, f: TemporalJoinFn<K, L, V, O>) -> Self {
@@ -64,7 +100,7 @@ impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
             kind,
             f,
             watermark: i64::MIN,
-            versions: FxHashMap::default(),
+            versions: KeyedState::new(),
             probes: VecDeque::new(),
             prune_at: BTreeMap::new(),
             version_count: 0,
@@ -79,19 +115,32 @@ impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
     }
 
     fn insert_version(&mut self, ts: i64, key: K, row: Option<V>) {
-        self.prune_at.entry(ts).or_default().push(key.clone());
-        let per_key = self.versions.entry(key).or_default();
-        if per_key.insert(ts, row).is_none() {
+        let tombstone = row.is_none();
+        let per_key = self
+            .versions
+            .get_or_insert_with(key.clone(), || Versions(BTreeMap::new()));
+        if per_key.0.insert(ts, row).is_none() {
             self.version_count += 1;
+        }
+        // Listed for pruning once the key has two versions (both then), or a tombstone.
+        match per_key.0.len() {
+            1 if !tombstone => {}
+            2 => {
+                let all: Vec<i64> = per_key.0.keys().copied().collect();
+                for t in all {
+                    self.prune_at.entry(t).or_default().push(key.clone());
+                }
+            }
+            _ => self.prune_at.entry(ts).or_default().push(key),
         }
     }
 
     /// Joins one probe against the versions held and emits the result (if any) at `t`.
-    fn join(&self, t: i64, key: &K, l: L, out: &mut dyn Collector<O>) {
+    fn join(&mut self, t: i64, key: &K, l: L, out: &mut dyn Collector<O>) {
         let row = self
             .versions
             .get(key)
-            .and_then(|v| v.range(..=t).next_back())
+            .and_then(|v| v.0.range(..=t).next_back())
             .and_then(|(_, row)| row.as_ref());
         if row.is_some() || self.kind.keeps_left() {
             out.emit(t, (self.f)(key, l, row));
@@ -133,21 +182,24 @@ impl<K: Key, L, V, O> TemporalJoin<K, L, V, O> {
                 let Some(per_key) = self.versions.get_mut(&key) else {
                     continue; // stale: the key was dropped already
                 };
-                let Some((&floor, _)) = per_key.range(..=w).next_back() else {
+                let Some((&floor, _)) = per_key.0.range(..=w).next_back() else {
                     continue; // stale: the version was replaced and every version is newer
                 };
-                while let Some((&first, _)) = per_key.first_key_value() {
+                let mut dropped = 0;
+                while let Some((&first, _)) = per_key.0.first_key_value() {
                     if first >= floor {
                         break;
                     }
-                    per_key.pop_first();
-                    self.version_count -= 1;
+                    per_key.0.pop_first();
+                    dropped += 1;
                 }
-                if matches!(per_key.get(&floor), Some(None)) {
-                    per_key.remove(&floor);
-                    self.version_count -= 1;
+                if matches!(per_key.0.get(&floor), Some(None)) {
+                    per_key.0.remove(&floor);
+                    dropped += 1;
                 }
-                if per_key.is_empty() {
+                let empty = per_key.0.is_empty();
+                self.version_count = self.version_count.saturating_sub(dropped);
+                if empty {
                     self.versions.remove(&key);
                 }
             }
@@ -162,6 +214,10 @@ where
     V: StateCodec + Clone + Send,
 {
     type Out = O;
+
+    fn on_start(&mut self, task: &TaskInfo) {
+        self.versions.bind(task);
+    }
 
     fn process(
         &mut self,
@@ -204,13 +260,16 @@ where
         w.u8(STATE_VERSION);
         w.i64(self.watermark);
         w.u64(self.late_records);
-        w.u32(self.versions.len() as u32);
-        for (key, per_key) in &self.versions {
-            key.encode(&mut w);
-            w.u32(per_key.len() as u32);
-            for (ts, row) in per_key {
-                w.i64(*ts);
-                row.encode(&mut w);
+        // The versions: bound keyed state stages its changes and writes nothing here.
+        let mut versions = Vec::new();
+        self.versions.checkpoint(&mut versions);
+        w.bytes(&versions);
+        w.u32(self.prune_at.len() as u32);
+        for (ts, keys) in &self.prune_at {
+            w.i64(*ts);
+            w.u32(keys.len() as u32);
+            for k in keys {
+                k.encode(&mut w);
             }
         }
         // Probes grouped by timestamp (the format of the tree this queue replaced).
@@ -245,36 +304,45 @@ where
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
         let mut r = StateReader::new(state);
         let version = r.u8()?;
-        if version != STATE_VERSION {
+        if version != 1 && version != STATE_VERSION {
             return Err(Error::CorruptState(format!(
                 "temporal join state version {version}"
             )));
         }
         self.watermark = r.i64()?;
         self.late_records = r.u64()?;
-        self.versions.clear();
         self.probes.clear();
         self.prune_at.clear();
         self.version_count = 0;
         self.probe_count = 0;
-        // A key takes at least its version count (4); a version its timestamp and option tag (9).
-        for _ in 0..r.count(4)? {
-            let key = K::decode(&mut r)?;
-            if self.versions.contains_key(&key) {
-                return Err(Error::CorruptState(
-                    "temporal join: a key twice in the versions".into(),
-                ));
-            }
-            for _ in 0..r.count(9)? {
-                let ts = r.i64()?;
-                let row = Option::<V>::decode(&mut r)?;
-                let before = self.version_count;
-                self.insert_version(ts, key.clone(), row);
-                if self.version_count == before {
+        if version == 1 {
+            // Every version in the snapshot: inserted again (into the store at the next checkpoint).
+            // A key takes at least its version count (4).
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..r.count(4)? {
+                let key = K::decode(&mut r)?;
+                if !seen.insert(key.clone()) {
                     return Err(Error::CorruptState(
-                        "temporal join: a version timestamp twice".into(),
+                        "temporal join: a key twice in the versions".into(),
                     ));
                 }
+                for (ts, row) in Versions::<V>::decode(&mut r)?.0 {
+                    self.insert_version(ts, key.clone(), row);
+                }
+            }
+        } else {
+            let versions = r.bytes()?;
+            if !versions.is_empty() {
+                self.versions.restore(versions)?;
+            }
+            // A timestamp takes its own 8 bytes and its key count (4).
+            for _ in 0..r.count(12)? {
+                let ts = r.i64()?;
+                let mut keys = Vec::new();
+                for _ in 0..r.count(1)? {
+                    keys.push(K::decode(&mut r)?);
+                }
+                self.prune_at.insert(ts, keys);
             }
         }
         // A timestamp takes its own 8 bytes and its probe count (4); timestamps come in increasing order.
@@ -468,6 +536,34 @@ mod tests {
             ]
         );
         assert_eq!(entries(&j), 1);
+    }
+
+    #[test]
+    fn a_table_of_single_versions_lists_nothing_for_pruning() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        for i in 0..1000 {
+            j.process(i, row(&format!("k{i}"), Some("v")), &mut out);
+        }
+        assert!(j.prune_at.is_empty());
+        // A second version, or a tombstone, lists the key.
+        j.process(2000, row("k1", Some("w")), &mut out);
+        j.process(2000, row("k2", None), &mut out);
+        assert_eq!(j.prune_at.values().map(Vec::len).sum::<usize>(), 4);
+        j.on_watermark(3000, &mut out);
+        assert!(j.prune_at.is_empty());
+        j.process(3500, probe("k1", "p"), &mut out);
+        j.process(3500, probe("k2", "q"), &mut out);
+        j.process(3500, probe("k3", "r"), &mut out);
+        j.on_watermark(i64::MAX, &mut out);
+        assert_eq!(
+            out.0,
+            vec![
+                (3500, "k1:p=w".to_string()),
+                (3500, "k2:q=-".to_string()),
+                (3500, "k3:r=v".to_string())
+            ]
+        );
     }
 
     #[test]
