@@ -468,7 +468,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
     /// The value of `key` for changing in place, if there is one (it counts as changed).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.load(key);
-        if !self.map.get(key).is_some_and(|s| s.value.is_some()) {
+        if self.map.get(key).is_none_or(|s| s.value.is_none()) {
             return None;
         }
         self.slot_mut(key.clone()).value.as_mut()
