@@ -428,11 +428,13 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         let new = !map.contains_key(&key);
         // A new key is stored detached from the buffer it was read in (see Key::to_stored).
         let key = if new { key.to_stored() } else { key };
+        // An unbound state writes everything at a checkpoint: it keeps no list of changes.
+        let track = bound.is_some();
         let (slot, newly_dirty) = match map.entry(key) {
             Entry::Occupied(o) => {
                 let k = o.key().clone();
                 let slot = o.into_mut();
-                let newly = slot.tag != DIRTY;
+                let newly = slot.tag != DIRTY && track;
                 if newly {
                     slot.tag = DIRTY;
                     dirty.push(k);
@@ -440,12 +442,14 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
                 (slot, newly)
             }
             Entry::Vacant(v) => {
-                dirty.push(v.key().clone());
+                if track {
+                    dirty.push(v.key().clone());
+                }
                 let slot = v.insert(Slot {
                     value: None,
                     tag: DIRTY,
                 });
-                (slot, true)
+                (slot, track)
             }
         };
         if new {
@@ -487,6 +491,13 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
     /// Deletes `key`. (On the disk backend the deletion is kept until it reaches the store, since the
     /// store may hold the key.)
     pub fn remove(&mut self, key: &K) {
+        if self.bound.is_none() {
+            // Nothing to tell a store: forget it now.
+            if self.map.remove(key).is_some() {
+                self.recount();
+            }
+            return;
+        }
         let resident = self.map.contains_key(key);
         if !resident && !self.bound.as_ref().is_some_and(|b| b.disk) {
             return;
@@ -579,7 +590,11 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
     }
 
     /// Restores what an unbound state's checkpoint wrote (in a bound state, as changes to stage).
+    /// Empty bytes are an empty state (what a checkpoint of one writes).
     pub fn restore(&mut self, state: &[u8]) -> Result<()> {
+        if state.is_empty() {
+            return Ok(());
+        }
         let mut r = StateReader::new(state);
         let version = r.u8()?;
         if version != 1 {

@@ -10,33 +10,52 @@
 //!   changing element's timestamp. (A change that leaves the joined value equal is still emitted: values
 //!   need not be comparable.)
 //!
+//! The rows are [`KeyedState`]: checkpoints write the keys that changed, and on the disk backend both tables
+//! may be larger than memory. (Snapshots of version 1, the whole map, are what an unbound keyed state
+//! writes, so they still restore.)
+//!
 //! Invariant: every key held has at least one side present (a key both of whose sides are deleted is
 //! forgotten).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::join::{Either, JoinKind};
+use crate::keyed_state::KeyedState;
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Collector, Operator};
+use crate::operator::{Collector, Operator, TaskInfo};
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
 
 /// Builds the joined value from the key and the current value of each side.
 pub type TableJoinFn<K, A, B, O> = Arc<dyn Fn(&K, Option<&A>, Option<&B>) -> O + Send + Sync>;
 
-const STATE_VERSION: u8 = 1;
-
 /// The current row of both tables for one key.
-struct Row<A, B> {
+pub struct Row<A, B> {
     left: Option<A>,
     right: Option<B>,
+}
+
+impl<A: StateCodec, B: StateCodec> StateCodec for Row<A, B> {
+    fn encode(&self, w: &mut StateWriter) {
+        self.left.encode(w);
+        self.right.encode(w);
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let row = Row {
+            left: Option::<A>::decode(r)?,
+            right: Option::<B>::decode(r)?,
+        };
+        if row.left.is_none() && row.right.is_none() {
+            return Err(Error::CorruptState("table join: an empty row".into()));
+        }
+        Ok(row)
+    }
 }
 
 pub struct TableJoin<K, A, B, O> {
     kind: JoinKind,
     f: TableJoinFn<K, A, B, O>,
-    rows: HashMap<K, Row<A, B>>,
+    rows: KeyedState<K, Row<A, B>>,
 }
 
 impl<K: Key, A, B, O> TableJoin<K, A, B, O> {
@@ -44,7 +63,7 @@ impl<K: Key, A, B, O> TableJoin<K, A, B, O> {
         TableJoin {
             kind,
             f,
-            rows: HashMap::new(),
+            rows: KeyedState::new(),
         }
     }
 }
@@ -86,19 +105,13 @@ where
                 if matches!(change, Either::Left(None) | Either::Right(None)) {
                     return; // deleting what never was: nothing before, nothing after
                 }
-                self.rows.insert(
-                    key.clone(),
-                    Row {
-                        left: None,
-                        right: None,
-                    },
-                );
                 false
             }
         };
-        let Some(row) = self.rows.get_mut(&key) else {
-            return; // inserted above
-        };
+        let row = self.rows.get_or_insert_with(key.clone(), || Row {
+            left: None,
+            right: None,
+        });
         match change {
             Either::Left(a) => row.left = a,
             Either::Right(b) => row.right = b,
@@ -116,53 +129,20 @@ where
         }
     }
 
+    fn on_start(&mut self, task: &TaskInfo) {
+        self.rows.bind(task);
+    }
+
     fn on_checkpoint(&mut self, state: &mut Vec<u8>) {
-        let mut w = StateWriter {
-            buf: std::mem::take(state),
-        };
-        w.u8(STATE_VERSION);
-        w.u32(self.rows.len() as u32);
-        for (key, row) in &self.rows {
-            key.encode(&mut w);
-            row.left.encode(&mut w);
-            row.right.encode(&mut w);
-        }
-        *state = w.buf;
+        self.rows.checkpoint(state);
     }
 
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
-        let mut r = StateReader::new(state);
-        let version = r.u8()?;
-        if version != STATE_VERSION {
-            return Err(Error::CorruptState(format!(
-                "table join state version {version}"
-            )));
-        }
-        self.rows.clear();
-        // A key takes at least its two option tags.
-        for _ in 0..r.count(2)? {
-            let key = K::decode(&mut r)?;
-            let row = Row {
-                left: Option::<A>::decode(&mut r)?,
-                right: Option::<B>::decode(&mut r)?,
-            };
-            if row.left.is_none() && row.right.is_none() {
-                return Err(Error::CorruptState("table join: an empty row".into()));
-            }
-            if self.rows.insert(key, row).is_some() {
-                return Err(Error::CorruptState("table join: a key twice".into()));
-            }
-        }
-        if !r.is_empty() {
-            return Err(Error::CorruptState(
-                "trailing bytes in table join state".into(),
-            ));
-        }
-        Ok(())
+        self.rows.restore(state)
     }
 
     fn report(&self, m: &mut OperatorMetrics) {
-        m.state_entries = self.rows.len() as u64;
+        m.state_entries = self.rows.resident() as u64;
     }
 }
 
@@ -277,7 +257,7 @@ mod tests {
             c.0
         };
         assert_eq!(finish(&mut j), finish(&mut k));
-        for cut in 0..state.len() {
+        for cut in 1..state.len() {
             assert!(op(JoinKind::Full).on_restore(&state[..cut]).is_err());
         }
     }
