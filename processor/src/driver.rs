@@ -27,17 +27,29 @@
 //! [`TestDriver::send`] runs the record through every stage of the graph, the exchanges and the watermarks
 //! before it returns. The driver runs the job's parallelism (by default one task per partition of the
 //! largest source), so key groups and exchanges behave as in the broker.
+//!
+//! A job whose `state_backend` is the disk backend runs with a state store in a scratch folder (removed
+//! with the driver), so its keyed state is checkpointed incrementally and evicted past the memory budget
+//! as in the broker; a [`DriverSnapshot`] then carries every change set applied so far, and a restored
+//! driver applies them to a fresh store. With the memory backend (the default) keyed state snapshots
+//! whole into the snapshot's state entries.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::checkpoint::{distribute, state_entries, StateEntry};
 use crate::error::{Error, Result};
 use crate::graph::GraphSpec;
+use crate::keyed_state::{BackendKind, StateBackend, StateHandle};
 use crate::keygroup::KeyGroups;
 use crate::metrics::PipelineMetrics;
 use crate::pipeline::Job;
 use crate::record::{Message, OutRecord};
 use crate::source::for_each_record;
+use crate::store::Store;
 use crate::task::{OutputLayout, SourceWatermark, Task};
 use crate::watermark::WatermarkBoard;
 
@@ -49,6 +61,8 @@ pub struct DriverSnapshot {
     state: Vec<StateEntry>,
     /// Largest event time per source partition (board order).
     max_ts: Vec<i64>,
+    /// With the disk backend: every change set applied to the store so far, in order.
+    changes: Vec<Bytes>,
 }
 
 impl DriverSnapshot {
@@ -74,6 +88,46 @@ pub struct TestDriver {
     /// (output index, record), in the order written.
     written: Vec<(usize, OutRecord)>,
     read: u64,
+    /// With the disk backend: the state store, its folder, and every change set applied to it.
+    state: Option<DriverState>,
+}
+
+struct DriverState {
+    handle: StateHandle,
+    dir: PathBuf,
+    checkpoint: u64,
+    changes: Vec<Bytes>,
+}
+
+impl Drop for DriverState {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A scratch store for one driver (a unique folder under the system's temporary directory).
+fn scratch_state(budget: usize) -> DriverState {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "millrace-driver-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = match Store::open(&dir) {
+        Ok(s) => s,
+        // A test tool: a scratch folder that cannot be made is a broken machine, not bad input.
+        Err(e) => panic!(
+            "the test driver cannot make its state store in {}: {e}",
+            dir.display()
+        ),
+    };
+    DriverState {
+        handle: StateBackend::new(Arc::new(store), BackendKind::Disk, budget),
+        dir,
+        checkpoint: 0,
+        changes: Vec::new(),
+    }
 }
 
 impl TestDriver {
@@ -93,8 +147,11 @@ impl TestDriver {
         let layout = OutputLayout {
             partitions: vec![1; graph.outputs.len()],
         };
+        let state = (job.settings().state_backend == BackendKind::Disk)
+            .then(|| scratch_state(job.settings().state_memory_budget));
+        let handle = state.as_ref().map(|s| s.handle.clone());
         let tasks = (0..groups.parallelism)
-            .map(|i| Task::new(graph.clone(), i, groups, layout.clone(), None))
+            .map(|i| Task::new(graph.clone(), i, groups, layout.clone(), handle.clone()))
             .collect();
         let mut base = Vec::with_capacity(partitions.len());
         let mut total = 0;
@@ -116,6 +173,7 @@ impl TestDriver {
             idle_timeout_ms: job.settings().idle_timeout_ms,
             written: Vec::new(),
             read: 0,
+            state,
         };
         d.settle();
         d
@@ -139,6 +197,19 @@ impl TestDriver {
                 "the snapshot has {} key groups and the pipeline {}: max parallelism cannot change",
                 snapshot.max_parallelism, d.groups.max_parallelism
             )));
+        }
+        if d.state.is_none() && !snapshot.changes.is_empty() {
+            return Err(Error::Invalid(
+                "the snapshot holds keyed state of the disk backend and the pipeline keeps its state in memory"
+                    .into(),
+            ));
+        }
+        if let Some(st) = &mut d.state {
+            if !snapshot.changes.is_empty() {
+                st.checkpoint += 1;
+                st.handle.store().apply(st.checkpoint, &snapshot.changes)?;
+                st.changes = snapshot.changes.clone();
+            }
         }
         let per_task = distribute(&snapshot.state, &d.groups);
         for (t, s) in d.tasks.iter_mut().zip(&per_task) {
@@ -288,10 +359,25 @@ impl TestDriver {
             let i = t.index();
             state_entries(i, t.snapshot(), &mut state);
         }
+        let mut changes = Vec::new();
+        if let Some(st) = &mut self.state {
+            // What the committer does once the checkpoint is durable.
+            let (epoch, sets) = st.handle.seal();
+            if !sets.is_empty() {
+                st.checkpoint += 1;
+                if let Err(e) = st.handle.store().apply(st.checkpoint, &sets) {
+                    panic!("the test driver's state store failed: {e}");
+                }
+                st.changes.extend(sets);
+            }
+            st.handle.mark_applied(epoch);
+            changes = st.changes.clone();
+        }
         DriverSnapshot {
             max_parallelism: self.groups.max_parallelism,
             state,
             max_ts: self.max_ts.clone(),
+            changes,
         }
     }
 

@@ -97,12 +97,22 @@ fn order_records(orders: &[Order], users: &[UserRow], seed: u64) -> Vec<In> {
 
 /// A job with a parallelism set (the files leave it to the partition count).
 fn with_parallelism(name: &str, p: usize) -> Job {
+    with_settings(name, p, false)
+}
+
+/// A job with a parallelism set, its keyed state on the disk backend when `disk`.
+fn with_settings(name: &str, p: usize, disk: bool) -> Job {
     let path = format!(
         "{}/../examples/pipelines/{name}.toml",
         env!("CARGO_MANIFEST_DIR")
     );
     let src = std::fs::read_to_string(path).unwrap();
-    let src = src.replacen("[settings]", &format!("[settings]\nparallelism = {p}"), 1);
+    let backend = if disk { "disk" } else { "memory" };
+    let src = src.replacen(
+        "[settings]",
+        &format!("[settings]\nparallelism = {p}\nstate_backend = \"{backend}\""),
+        1,
+    );
     file::parse(&src, name).unwrap()
 }
 
@@ -110,11 +120,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(12))]
 
     #[test]
-    fn orders_enriched_equals_the_reference(seed in any::<u64>(), p in 1usize..5, q in 1usize..5, cut_frac in 0.0f64..1.0) {
+    fn orders_enriched_equals_the_reference(seed in any::<u64>(), p in 1usize..5, q in 1usize..5, cut_frac in 0.0f64..1.0,
+                                            disk in any::<bool>()) {
         let (orders, users) = reference::orders_workload(seed, 300, 25, 600_000);
         let records = order_records(&orders, &users, seed ^ 1);
         let cut = (records.len() as f64 * cut_frac) as usize;
-        let out = run(&with_parallelism("orders_enriched", p), &records, cut, &with_parallelism("orders_enriched", q));
+        let out = run(&with_settings("orders_enriched", p, disk), &records, cut, &with_settings("orders_enriched", q, disk));
         let want = reference::expected_orders_enriched(&orders, &users);
         prop_assert!(want.values().any(|v| v["name"].is_null()) && want.values().any(|v| !v["name"].is_null()));
         let mut got = BTreeMap::new();
@@ -125,11 +136,12 @@ proptest! {
     }
 
     #[test]
-    fn revenue_by_country_equals_the_reference(seed in any::<u64>(), p in 1usize..5, q in 1usize..5, cut_frac in 0.0f64..1.0) {
+    fn revenue_by_country_equals_the_reference(seed in any::<u64>(), p in 1usize..5, q in 1usize..5, cut_frac in 0.0f64..1.0,
+                                               disk in any::<bool>()) {
         let (orders, users) = reference::orders_workload(seed, 300, 25, 600_000);
         let records = order_records(&orders, &users, seed ^ 2);
         let cut = (records.len() as f64 * cut_frac) as usize;
-        let out = run(&with_parallelism("revenue_by_country", p), &records, cut, &with_parallelism("revenue_by_country", q));
+        let out = run(&with_settings("revenue_by_country", p, disk), &records, cut, &with_settings("revenue_by_country", q, disk));
         let mut revenue = BTreeMap::new();
         let mut large = Vec::new();
         for (topic, r) in &out {
