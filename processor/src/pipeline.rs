@@ -1180,8 +1180,15 @@ impl Job {
             || "one per partition of the largest source".to_string(),
             |p| p.to_string(),
         );
+        let backend = match s.state_backend {
+            crate::keyed_state::BackendKind::Memory => "in memory".to_string(),
+            crate::keyed_state::BackendKind::Disk => format!(
+                "on disk, at most {} MiB resident",
+                s.state_memory_budget >> 20
+            ),
+        };
         out.push_str(&format!(
-            "  tasks: {parallelism}; keyed state in {} key groups\n",
+            "  tasks: {parallelism}; keyed state in {} key groups, {backend}\n",
             s.max_parallelism
         ));
         for src in &self.graph.sources {

@@ -1237,7 +1237,9 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
             pipeline = %shared.name, read = m.records_read, written = m.records_written,
             late = m.late_written, watermark_lag_ms = m.watermark_lag_ms, checkpoints = m.checkpoints,
             checkpoint_micros = m.last_checkpoint_micros, checkpoint_bytes = m.last_checkpoint_bytes,
-            state_bytes = m.state_bytes, operators = %ops.join("; "), "pipeline metrics"
+            state_bytes = m.state_bytes, state_change_bytes = m.last_checkpoint_change_bytes,
+            state_store_bytes = m.state_store_bytes, state_resident_bytes = m.state_resident_bytes,
+            operators = %ops.join("; "), "pipeline metrics"
         );
     }
     Ok(())
