@@ -502,7 +502,7 @@ fn twenty_million_keys_under_a_256_mib_budget_checkpoint_only_what_changed() {
     for m in after {
         let k = String::from_utf8_lossy(m.key.as_deref().unwrap_or_default()).to_string();
         let i: u64 = k[1..].parse().unwrap();
-        let want = if i % 100 == 0 { "3" } else { "2" };
+        let want = if i.is_multiple_of(100) { "3" } else { "2" };
         assert_eq!(m.value.as_deref(), Some(want.as_bytes()), "{k}");
     }
 }

@@ -429,7 +429,7 @@ mod tests {
     use super::*;
 
     fn kv(i: u32) -> (Vec<u8>, Option<Vec<u8>>) {
-        let v = if i % 7 == 0 {
+        let v = if i.is_multiple_of(7) {
             None
         } else {
             Some(vec![i as u8; (i % 50) as usize])
