@@ -82,7 +82,7 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
                 pane: Pane::EMPTY,
                 acc_max_ts: i64::MIN,
             };
-            self.keys.insert(key.clone(), fresh);
+            self.keys.insert(key.to_stored(), fresh);
         }
         let Some(state) = self.keys.get_mut(key) else {
             return;

@@ -105,7 +105,7 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
         }
         if !self.keys.contains_key(key) {
             // Looked up first so that a key already held is not cloned.
-            self.keys.insert(key.clone(), BTreeMap::new());
+            self.keys.insert(key.to_stored(), BTreeMap::new());
         }
         let Some(records) = self.keys.get_mut(key) else {
             return Admit::Late;

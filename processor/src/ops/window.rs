@@ -103,7 +103,7 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
                 None => {
                     let mut acc = self.agg.init();
                     self.agg.add(&mut acc, item);
-                    per_key.insert(key.clone(), acc);
+                    per_key.insert(key.to_stored(), acc);
                 }
             }
         }
