@@ -181,8 +181,9 @@ impl Store {
 
         // Merge while the newest run is at least half the size of the one before it.
         while runs.len() >= 2 && runs[runs.len() - 1].bytes * 2 >= runs[runs.len() - 2].bytes {
-            let newer = runs.pop().expect("two runs");
-            let older = runs.pop().expect("two runs");
+            let (Some(newer), Some(older)) = (runs.pop(), runs.pop()) else {
+                break; // (the loop condition holds two runs)
+            };
             let seq = next_seq;
             next_seq += 1;
             let merged = merge_runs(&self.dir, seq, &older, &newer, runs.is_empty())?;
