@@ -164,3 +164,28 @@ pub fn name(code: ErrorCode) -> &'static str {
         _ => "UNKNOWN",
     }
 }
+
+/// Whether Kafka marks `code` retriable (its exception extends `RetriableException`): the same request may
+/// succeed later, after a metadata refresh or a wait.
+pub fn is_retriable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        CORRUPT_MESSAGE
+            | UNKNOWN_TOPIC_OR_PARTITION
+            | LEADER_NOT_AVAILABLE
+            | NOT_LEADER_OR_FOLLOWER
+            | REQUEST_TIMED_OUT
+            | 13 // NETWORK_EXCEPTION
+            | COORDINATOR_LOAD_IN_PROGRESS
+            | COORDINATOR_NOT_AVAILABLE
+            | NOT_COORDINATOR
+            | NOT_ENOUGH_REPLICAS
+            | 20 // NOT_ENOUGH_REPLICAS_AFTER_APPEND
+            | CONCURRENT_TRANSACTIONS
+            | KAFKA_STORAGE_ERROR
+            | FENCED_LEADER_EPOCH
+            | UNKNOWN_LEADER_EPOCH
+            | OFFSET_NOT_AVAILABLE
+            | 89 // THROTTLING_QUOTA_EXCEEDED
+    )
+}

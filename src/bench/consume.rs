@@ -17,13 +17,14 @@ use serde_json::json;
 use super::client::Connection;
 use super::cluster::{self, Topic, EARLIEST, LATEST};
 use super::report::{Counters, Progress, Side, Summary};
+use super::CLIENT_ID;
 use super::{kafka_error, ConsumeArgs, FetchArgs, StartFrom};
 
 /// How long the broker may hold a Fetch that finds nothing new (Fetch long poll).
 const LONG_POLL_MS: i32 = 500;
 
 pub async fn run(args: ConsumeArgs) -> Result<()> {
-    let mut boot = cluster::bootstrap(&args.common.brokers).await?;
+    let mut boot = cluster::bootstrap(&args.common.brokers, CLIENT_ID).await?;
     let (topic, _) = cluster::topic(&mut boot, &args.common.topic, None).await?;
     let from = match args.from {
         StartFrom::Earliest => EARLIEST,
@@ -136,7 +137,7 @@ impl Consumer {
                 dealt += 1;
             }
             for group in groups.into_iter().filter(|g| !g.is_empty()) {
-                let mut conn = Connection::connect(&leader).await?;
+                let mut conn = Connection::connect(&leader, CLIENT_ID).await?;
                 conn.versions().get(fetch_request::API_KEY)?;
                 let offsets = cluster::offsets(&mut conn, &topic.name, &group, from).await?;
                 let positions = group

@@ -20,6 +20,7 @@ use super::payload::STAMP_LEN;
 use super::produce::{config_json, Producer};
 use super::report::{Counters, Latency, Progress, Side, Summary};
 use super::E2eArgs;
+use super::CLIENT_ID;
 
 /// How long consumers may lag behind the end of production before the run fails.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +29,7 @@ pub async fn run(args: E2eArgs) -> Result<()> {
     let rate = args.producer.rate.unwrap_or(10_000.0);
     let mut producer_args = args.producer.clone();
     producer_args.rate = Some(rate);
-    let mut boot = cluster::bootstrap(&args.common.brokers).await?;
+    let mut boot = cluster::bootstrap(&args.common.brokers, CLIENT_ID).await?;
     let (topic, _) = cluster::topic(
         &mut boot,
         &args.common.topic,

@@ -11,9 +11,10 @@ use serde_json::json;
 use super::cluster;
 use super::report::{Latency, Summary};
 use super::MetadataArgs;
+use super::CLIENT_ID;
 
 pub async fn run(args: MetadataArgs) -> Result<()> {
-    let mut conn = cluster::bootstrap(&args.brokers).await?;
+    let mut conn = cluster::bootstrap(&args.brokers, CLIENT_ID).await?;
     let started = Instant::now();
     let (topic, created) = cluster::topic(&mut conn, &args.topic, Some(args.partitions)).await?;
     let setup = started.elapsed();

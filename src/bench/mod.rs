@@ -8,8 +8,8 @@
 //! - [`pipeline`]: the stream processor's throughput, in this process.
 //! - [`report`]: live progress, latency histograms and the final summary (text or `--json`).
 
-mod client;
-mod cluster;
+use millrace_client::cluster;
+use millrace_client::connection as client;
 mod consume;
 mod e2e;
 mod metadata;
@@ -263,6 +263,9 @@ fn parse_key_distribution(s: &str) -> Result<KeyDistribution, String> {
 }
 
 /// A Kafka error code as people read it: `3 UNKNOWN_TOPIC_OR_PARTITION`.
+/// The client id in every request `millrace bench` sends.
+pub const CLIENT_ID: &str = "millrace-bench";
+
 pub fn kafka_error(code: i16) -> String {
     format!("error code {code} {}", error_code::name(code))
 }

@@ -25,13 +25,14 @@ use super::client::{Connection, Receiver, Sender};
 use super::cluster::{self, Topic};
 use super::payload::{self, RecordGen};
 use super::report::{Counters, Latency, Progress, Side, Summary};
+use super::CLIENT_ID;
 use super::{kafka_error, ProduceArgs, ProducerArgs};
 
 /// Produce needs record batches (magic 2), which start at v3.
 const MIN_PRODUCE_VERSION: i16 = 3;
 
 pub async fn run(args: ProduceArgs) -> Result<()> {
-    let mut boot = cluster::bootstrap(&args.common.brokers).await?;
+    let mut boot = cluster::bootstrap(&args.common.brokers, CLIENT_ID).await?;
     let (topic, _) = cluster::topic(
         &mut boot,
         &args.common.topic,
@@ -109,7 +110,7 @@ impl Producer {
                 } else {
                     vec![parts[c % parts.len()]]
                 };
-                let conn = Connection::connect(&leader).await?;
+                let conn = Connection::connect(&leader, CLIENT_ID).await?;
                 let v = conn.versions().get(produce_request::API_KEY)?;
                 if v < MIN_PRODUCE_VERSION {
                     bail!("broker {leader} speaks Produce only up to v{v}; record batches need v3");

@@ -11,7 +11,6 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use millrace_protocol::codec::{Reader, Writer};
 use millrace_protocol::frame::{check_frame, FrameCheck};
@@ -23,7 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::kafka_error;
+use crate::error::{Error, Result};
 
 /// How long to wait for a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,7 +30,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response frame accepted: above any sane fetch.max.bytes, below what a garbage size prefix could claim.
 const MAX_RESPONSE: usize = 512 * 1024 * 1024;
-const CLIENT_ID: &str = "millrace-bench";
 
 /// The version of each API this client will use with this broker.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +42,9 @@ impl Versions {
     pub fn get(&self, api_key: i16) -> Result<i16> {
         self.chosen.get(&api_key).copied().ok_or_else(|| {
             let name = api_info(api_key).map_or("?", |a| a.name);
-            anyhow!("the broker supports no version of {name} (API {api_key}) that millrace bench speaks")
+            Error::Broker(format!(
+                "the broker supports no version of {name} (API {api_key}) that millrace speaks"
+            ))
         })
     }
 
@@ -66,6 +66,7 @@ impl Versions {
 /// Encodes one request frame (size prefix, header, body) as chunks ready for a vectored write; large record
 /// batches stay separate chunks, so they are not copied.
 fn encode_request(
+    client_id: &str,
     api_key: i16,
     version: i16,
     correlation_id: i32,
@@ -77,11 +78,13 @@ fn encode_request(
         api_key,
         api_version: version,
         correlation_id,
-        client_id: Some(CLIENT_ID.to_string()),
+        client_id: Some(client_id.to_string()),
         ..Default::default()
     }
     .encode(&mut w, flexible);
-    body(&mut w).with_context(|| format!("encoding a request of API {api_key} v{version}"))?;
+    body(&mut w).map_err(Error::codec(format!(
+        "encoding a request of API {api_key} v{version}"
+    )))?;
     Ok(w.finish_frame())
 }
 
@@ -89,6 +92,7 @@ fn encode_request(
 pub struct Sender {
     stream: OwnedWriteHalf,
     next_id: i32,
+    client_id: Arc<str>,
     pub versions: Arc<Versions>,
     pub peer: String,
 }
@@ -109,10 +113,10 @@ impl Sender {
     ) -> Result<i32> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let chunks = encode_request(api_key, version, id, encode)?;
+        let chunks = encode_request(&self.client_id, api_key, version, id, encode)?;
         write_all_vectored(&mut self.stream, &chunks)
             .await
-            .with_context(|| format!("writing to broker {}", self.peer))?;
+            .map_err(Error::io(format!("writing to broker {}", self.peer)))?;
         Ok(id)
     }
 }
@@ -160,20 +164,22 @@ impl Receiver {
         let frame = tokio::time::timeout(RESPONSE_TIMEOUT, self.next_frame())
             .await
             .map_err(|_| {
-                anyhow!(
+                Error::Timeout(format!(
                     "no response from broker {} within {} s",
                     self.peer,
                     RESPONSE_TIMEOUT.as_secs()
-                )
+                ))
             })??;
         let mut r = Reader::new(frame);
-        let id = decode_response_header(&mut r, response_header_flexible(api_key, version))
-            .with_context(|| format!("malformed response header from {}", self.peer))?;
+        let id =
+            decode_response_header(&mut r, response_header_flexible(api_key, version)).map_err(
+                Error::codec(format!("malformed response header from {}", self.peer)),
+            )?;
         if id != expected_id {
-            bail!(
+            return Err(Error::Broker(format!(
                 "broker {} answered correlation id {id} where {expected_id} was expected (responses out of order)",
                 self.peer
-            );
+            )));
         }
         Ok(r)
     }
@@ -188,10 +194,10 @@ impl Receiver {
                     return Ok(frame.freeze());
                 }
                 FrameCheck::TooLarge { declared } => {
-                    bail!(
+                    return Err(Error::Broker(format!(
                         "broker {} sent a frame of {declared} bytes (not a Kafka response?)",
                         self.peer
-                    )
+                    )))
                 }
                 FrameCheck::Incomplete(total) => {
                     // Reserve the whole frame at once when its size is known, so a large fetch response is read
@@ -207,9 +213,12 @@ impl Receiver {
                         .stream
                         .read_buf(&mut self.buf)
                         .await
-                        .with_context(|| format!("reading from broker {}", self.peer))?;
+                        .map_err(Error::io(format!("reading from broker {}", self.peer)))?;
                     if n == 0 {
-                        bail!("broker {} closed the connection", self.peer);
+                        return Err(Error::Broker(format!(
+                            "broker {} closed the connection",
+                            self.peer
+                        )));
                     }
                 }
             }
@@ -219,11 +228,11 @@ impl Receiver {
     /// Waits until the broker closes the connection or sends something (for acks=0, where nothing is expected).
     pub async fn expect_silence(&mut self) -> Result<()> {
         let frame = self.next_frame().await?;
-        bail!(
+        Err(Error::Broker(format!(
             "broker {} sent an unexpected {}-byte frame on an acks=0 connection",
             self.peer,
             frame.len()
-        )
+        )))
     }
 }
 
@@ -234,18 +243,25 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` and negotiates API versions.
-    pub async fn connect(addr: &str) -> Result<Connection> {
+    /// Connects to `addr` and negotiates API versions; `client_id` goes in every request header.
+    pub async fn connect(addr: &str, client_id: &str) -> Result<Connection> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| anyhow!("cannot connect to broker {addr}: timed out after 10 s"))?
-            .with_context(|| format!("cannot connect to broker {addr}"))?;
-        stream.set_nodelay(true)?;
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "cannot connect to broker {addr}: timed out after 10 s"
+                ))
+            })?
+            .map_err(Error::io(format!("cannot connect to broker {addr}")))?;
+        stream
+            .set_nodelay(true)
+            .map_err(Error::io(format!("setting TCP_NODELAY to {addr}")))?;
         let (read, write) = stream.into_split();
         let mut conn = Connection {
             sender: Sender {
                 stream: write,
                 next_id: 1,
+                client_id: client_id.into(),
                 versions: Arc::new(Versions::default()),
                 peer: addr.to_string(),
             },
@@ -255,10 +271,7 @@ impl Connection {
                 peer: addr.to_string(),
             },
         };
-        let versions = conn
-            .handshake()
-            .await
-            .with_context(|| format!("ApiVersions handshake with {addr}"))?;
+        let versions = conn.handshake().await?;
         conn.sender.versions = Arc::new(versions);
         Ok(conn)
     }
@@ -266,44 +279,57 @@ impl Connection {
     /// ApiVersions at our highest version; a broker that does not know it answers in the v0 layout with
     /// UNSUPPORTED_VERSION and its own range, and we ask again at the highest version both know.
     async fn handshake(&mut self) -> Result<Versions> {
+        let peer = self.sender.peer.clone();
         let ours = api_info(millrace_protocol::header::API_VERSIONS_KEY)
-            .ok_or_else(|| anyhow!("ApiVersions missing from the protocol table"))?;
+            .ok_or_else(|| Error::Broker("ApiVersions missing from the protocol table".into()))?;
         let mut version = ours.max_version;
         for _ in 0..2 {
             let req = RequestBody::ApiVersions(ApiVersionsRequest {
-                client_software_name: "millrace-bench".into(),
+                client_software_name: "millrace".into(),
                 client_software_version: env!("CARGO_PKG_VERSION").into(),
                 ..Default::default()
             });
             let r = self.call(&req, version).await?;
             // The error code leads every version's body; UNSUPPORTED_VERSION comes in the v0 layout.
-            let code = r.clone().i16().context("malformed ApiVersions response")?;
+            let code = r.clone().i16().map_err(Error::codec(format!(
+                "malformed ApiVersions response from {peer}"
+            )))?;
             let layout = if code == error_code::UNSUPPORTED_VERSION {
                 0
             } else {
                 version
             };
-            let resp = ApiVersionsResponse::decode(&mut r.clone(), layout)
-                .context("malformed ApiVersions response")?;
+            let resp = ApiVersionsResponse::decode(&mut r.clone(), layout).map_err(
+                Error::codec(format!("malformed ApiVersions response from {peer}")),
+            )?;
             if resp.error_code == error_code::UNSUPPORTED_VERSION {
                 let theirs = resp
                     .api_keys
                     .iter()
                     .find(|k| k.api_key == ours.key)
-                    .ok_or_else(|| anyhow!("broker lists no ApiVersions range"))?;
+                    .ok_or_else(|| {
+                        Error::Broker(format!("broker {peer} lists no ApiVersions range"))
+                    })?;
                 let next = ours.max_version.min(theirs.max_version);
                 if next >= version || next < ours.min_version.max(theirs.min_version) {
-                    bail!("no ApiVersions version in common with the broker");
+                    return Err(Error::Broker(format!(
+                        "no ApiVersions version in common with broker {peer}"
+                    )));
                 }
                 version = next;
                 continue;
             }
             if resp.error_code != error_code::NONE {
-                bail!("ApiVersions refused: {}", kafka_error(resp.error_code));
+                return Err(Error::kafka(
+                    format!("ApiVersions refused by {peer}"),
+                    resp.error_code,
+                ));
             }
             return Ok(Versions::negotiate(&resp));
         }
-        bail!("ApiVersions negotiation did not converge")
+        Err(Error::Broker(format!(
+            "ApiVersions negotiation with {peer} did not converge"
+        )))
     }
 
     pub fn versions(&self) -> &Versions {

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
 use millrace_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use millrace_protocol::messages::create_topics_response::CreateTopicsResponse;
 use millrace_protocol::messages::list_offsets_request::{
@@ -16,8 +15,8 @@ use millrace_protocol::messages::metadata_response::MetadataResponse;
 use millrace_protocol::messages::{create_topics_request, list_offsets_request, metadata_request};
 use millrace_protocol::{error_code, RequestBody, Uuid};
 
-use super::client::Connection;
-use super::kafka_error;
+use crate::connection::Connection;
+use crate::error::{Error, Result};
 
 /// ListOffsets timestamps with special meanings.
 pub const LATEST: i64 = -1;
@@ -57,19 +56,24 @@ impl Topic {
     }
 }
 
-/// Connects to the first reachable bootstrap broker.
-pub async fn bootstrap(brokers: &str) -> Result<Connection> {
+/// Connects to the first reachable broker of a comma-separated bootstrap list.
+pub async fn bootstrap(brokers: &str, client_id: &str) -> Result<Connection> {
     let mut errors = Vec::new();
     for addr in brokers.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match Connection::connect(addr).await {
+        match Connection::connect(addr, client_id).await {
             Ok(c) => return Ok(c),
-            Err(e) => errors.push(format!("{e:#}")),
+            Err(e) => errors.push(e.to_string()),
         }
     }
     if errors.is_empty() {
-        bail!("--brokers names no broker");
+        return Err(Error::Broker(format!(
+            "the bootstrap list {brokers:?} names no broker"
+        )));
     }
-    bail!("no broker reachable: {}", errors.join("; "))
+    Err(Error::Broker(format!(
+        "no broker reachable: {}",
+        errors.join("; ")
+    )))
 }
 
 /// One Metadata request for `topic`; `None` when the broker does not know it.
@@ -84,7 +88,8 @@ pub async fn describe(conn: &mut Connection, topic: &str) -> Result<Option<Topic
         ..Default::default()
     });
     let mut r = conn.call(&req, version).await?;
-    let resp = MetadataResponse::decode(&mut r, version).context("malformed Metadata response")?;
+    let resp = MetadataResponse::decode(&mut r, version)
+        .map_err(Error::codec("malformed Metadata response"))?;
     let brokers: HashMap<i32, String> = resp
         .brokers
         .iter()
@@ -94,7 +99,11 @@ pub async fn describe(conn: &mut Connection, topic: &str) -> Result<Option<Topic
         .topics
         .iter()
         .find(|t| t.name.as_deref() == Some(topic))
-        .ok_or_else(|| anyhow!("Metadata response does not mention topic {topic:?}"))?;
+        .ok_or_else(|| {
+            Error::Broker(format!(
+                "Metadata response does not mention topic {topic:?}"
+            ))
+        })?;
     match t.error_code {
         error_code::NONE => {}
         error_code::UNKNOWN_TOPIC_OR_PARTITION => return Ok(None),
@@ -105,19 +114,20 @@ pub async fn describe(conn: &mut Connection, topic: &str) -> Result<Option<Topic
                 partitions: Vec::new(),
             }))
         }
-        code => bail!(
-            "Metadata for topic {topic:?} refused: {}",
-            kafka_error(code)
-        ),
+        code => {
+            return Err(Error::kafka(
+                format!("Metadata for topic {topic:?} refused"),
+                code,
+            ))
+        }
     }
     let mut partitions = Vec::with_capacity(t.partitions.len());
     for p in &t.partitions {
         if p.error_code != error_code::NONE && p.error_code != error_code::LEADER_NOT_AVAILABLE {
-            bail!(
-                "Metadata for {topic}/{}: {}",
-                p.partition_index,
-                kafka_error(p.error_code)
-            );
+            return Err(Error::kafka(
+                format!("Metadata for {topic}/{}", p.partition_index),
+                p.error_code,
+            ));
         }
         if let Some(addr) = brokers.get(&p.leader_id) {
             partitions.push(Partition {
@@ -156,20 +166,25 @@ pub async fn topic(
                     created = true;
                 }
                 Some(_) => {}
-                None => bail!(
-                    "topic {topic:?} does not exist (Metadata answered {})",
-                    kafka_error(error_code::UNKNOWN_TOPIC_OR_PARTITION)
-                ),
+                None => {
+                    return Err(Error::kafka(
+                        format!("topic {topic:?} does not exist"),
+                        error_code::UNKNOWN_TOPIC_OR_PARTITION,
+                    ))
+                }
             },
         }
         if Instant::now() > deadline {
-            bail!("topic {topic:?} still has partitions without a leader after 30 s");
+            return Err(Error::Timeout(format!(
+                "topic {topic:?} still has partitions without a leader after 30 s"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn create_topic(conn: &mut Connection, topic: &str, partitions: i32) -> Result<()> {
+/// Creates `topic` with `partitions` partitions (-1: the broker's default); an existing topic is no error.
+pub async fn create_topic(conn: &mut Connection, topic: &str, partitions: i32) -> Result<()> {
     let version = conn.versions().get(create_topics_request::API_KEY)?;
     let req = RequestBody::CreateTopics(CreateTopicsRequest {
         topics: vec![CreatableTopic {
@@ -183,34 +198,50 @@ async fn create_topic(conn: &mut Connection, topic: &str, partitions: i32) -> Re
         ..Default::default()
     });
     let mut r = conn.call(&req, version).await?;
-    let resp =
-        CreateTopicsResponse::decode(&mut r, version).context("malformed CreateTopics response")?;
+    let resp = CreateTopicsResponse::decode(&mut r, version)
+        .map_err(Error::codec("malformed CreateTopics response"))?;
     for t in &resp.topics {
         if t.error_code != error_code::NONE && t.error_code != error_code::TOPIC_ALREADY_EXISTS {
-            bail!(
-                "CreateTopics {:?} refused: {}{}",
-                t.name,
-                kafka_error(t.error_code),
-                t.error_message
-                    .as_deref()
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default()
-            );
+            return Err(Error::kafka(
+                format!(
+                    "CreateTopics {:?} refused{}",
+                    t.name,
+                    t.error_message
+                        .as_deref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                ),
+                t.error_code,
+            ));
         }
     }
     Ok(())
 }
 
-/// ListOffsets for `partitions` of `topic` on their leader: the offset at `timestamp` (LATEST or EARLIEST).
+/// ListOffsets for `partitions` of `topic` on their leader: the offset at `timestamp` (LATEST or EARLIEST),
+/// as a read_uncommitted consumer sees them.
 pub async fn offsets(
     conn: &mut Connection,
     topic: &str,
     partitions: &[i32],
     timestamp: i64,
 ) -> Result<HashMap<i32, i64>> {
+    offsets_isolated(conn, topic, partitions, timestamp, false).await
+}
+
+/// ListOffsets as [`offsets`], with the isolation level chosen: under read_committed, LATEST is the last stable
+/// offset (no open transaction's records are counted). A time past every record gives -1, as Kafka answers.
+pub async fn offsets_isolated(
+    conn: &mut Connection,
+    topic: &str,
+    partitions: &[i32],
+    timestamp: i64,
+    read_committed: bool,
+) -> Result<HashMap<i32, i64>> {
     let version = conn.versions().get(list_offsets_request::API_KEY)?;
     let req = RequestBody::ListOffsets(ListOffsetsRequest {
         replica_id: -1,
+        isolation_level: i8::from(read_committed),
         topics: vec![ListOffsetsTopic {
             name: topic.to_string(),
             partitions: partitions
@@ -226,24 +257,25 @@ pub async fn offsets(
         ..Default::default()
     });
     let mut r = conn.call(&req, version).await?;
-    let resp =
-        ListOffsetsResponse::decode(&mut r, version).context("malformed ListOffsets response")?;
+    let resp = ListOffsetsResponse::decode(&mut r, version)
+        .map_err(Error::codec("malformed ListOffsets response"))?;
     let mut out = HashMap::new();
     for t in &resp.topics {
         for p in &t.partitions {
             if p.error_code != error_code::NONE {
-                bail!(
-                    "ListOffsets {topic}/{} refused: {}",
-                    p.partition_index,
-                    kafka_error(p.error_code)
-                );
+                return Err(Error::kafka(
+                    format!("ListOffsets {topic}/{} refused", p.partition_index),
+                    p.error_code,
+                ));
             }
             out.insert(p.partition_index, p.offset);
         }
     }
     for p in partitions {
         if !out.contains_key(p) {
-            bail!("ListOffsets response lacks {topic}/{p}");
+            return Err(Error::Broker(format!(
+                "ListOffsets response lacks {topic}/{p}"
+            )));
         }
     }
     Ok(out)
