@@ -26,6 +26,9 @@ pub enum Error {
     /// The host (the broker) refused a topic or producer id the pipeline needs.
     #[error("host: {0}")]
     Host(String),
+    /// A remote cluster a source or sink names (`bootstrap.servers`) failed or refused a request.
+    #[error("remote cluster {cluster}: {message}")]
+    Remote { cluster: String, message: String },
     /// The pipeline was stopped, or one of its tasks failed.
     #[error("pipeline stopped: {0}")]
     Stopped(String),

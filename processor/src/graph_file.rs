@@ -53,6 +53,9 @@ struct SourceDef {
     start: Option<Spanned<Position>>,
     /// "end", { offset = n } or { time_ms = n }: a bounded source (a batch job when all are bounded).
     end: Option<Spanned<Position>>,
+    /// A remote cluster to read the topic from (Kafka's name for the setting; None: this broker).
+    #[serde(rename = "bootstrap.servers", alias = "bootstrap_servers")]
+    bootstrap_servers: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +162,9 @@ struct SinkDef {
     partitions: Option<Spanned<i32>>,
     /// The record key written (default: the element's key).
     key: Option<KeySel>,
+    /// A remote cluster to write the topic to (None: this broker).
+    #[serde(rename = "bootstrap.servers", alias = "bootstrap_servers")]
+    bootstrap_servers: Option<Spanned<String>>,
 }
 
 enum Handle {
@@ -275,9 +281,13 @@ pub(crate) fn build(spec: GraphFile, cx: &Ctx) -> Result<Job> {
                     return cx.err(span, "end is \"end\", { offset = n } or { time_ms = n }")
                 }
             };
+            let cluster = bootstrap(cx, &d.bootstrap_servers)?;
             let h = if table {
-                let t = p
-                    .table_with_partitions(d.topic.clone(), parts)
+                let mut t = p.table_with_partitions(d.topic.clone(), parts);
+                if let Some(c) = &cluster {
+                    t = t.from_cluster(c.clone());
+                }
+                let t = t
                     .event_time(event_time)
                     .start_at(start)
                     .bounded(end)
@@ -287,11 +297,11 @@ pub(crate) fn build(spec: GraphFile, cx: &Ctx) -> Result<Job> {
                     });
                 Handle::Table(t)
             } else {
-                let s = p
-                    .source_with_partitions(d.topic.clone(), parts)
-                    .event_time(event_time)
-                    .start_at(start)
-                    .bounded(end);
+                let mut s = p.source_with_partitions(d.topic.clone(), parts);
+                if let Some(c) = cluster {
+                    s = s.from_cluster(c);
+                }
+                let s = s.event_time(event_time).start_at(start).bounded(end);
                 Handle::Stream(s.process(|| ToRec).uid(&format!("{name}.parse")))
             };
             handles.insert(name, (h, at));
@@ -321,7 +331,8 @@ pub(crate) fn build(spec: GraphFile, cx: &Ctx) -> Result<Job> {
             None => None,
             Some(k) => Some(key_fn(cx, at.clone(), k)?),
         };
-        stream.to_with_partitions(s.topic.clone(), parts, move |r: Rec| {
+        let cluster = bootstrap(cx, &s.bootstrap_servers)?;
+        stream.to_cluster(cluster, s.topic.clone(), parts, move |r: Rec| {
             let k = match &key {
                 None => r.key.clone(),
                 Some(k) => k.of(&r),
@@ -331,6 +342,29 @@ pub(crate) fn build(spec: GraphFile, cx: &Ctx) -> Result<Job> {
     }
     p.build()
         .map_err(|e| Error::File(format!("{}: {e}", cx.path)))
+}
+
+/// A source's or sink's `bootstrap.servers`: a non-empty list of host:port addresses.
+fn bootstrap(cx: &Ctx<'_>, v: &Option<Spanned<String>>) -> Result<Option<String>> {
+    let Some(v) = v else { return Ok(None) };
+    let list: Vec<&str> = v
+        .get_ref()
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.is_empty()
+        || list.iter().any(|a| {
+            a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        })
+    {
+        return cx.err(
+            v.span(),
+            "bootstrap.servers is a comma-separated list of host:port addresses",
+        );
+    }
+    Ok(Some(list.join(",")))
 }
 
 /// Turns source records into [`Rec`]s, with their event time.

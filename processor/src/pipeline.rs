@@ -332,7 +332,11 @@ fn add_source(b: &Shared, name: String, partitions: Option<i32>, table: bool) ->
     let node = g.add("source", detail, Vec::new(), false, factory);
     g.nodes[node].source = Some(s);
     g.sources.push(SourceSpec {
-        topic: TopicSpec { name, partitions },
+        topic: TopicSpec {
+            name,
+            partitions,
+            cluster: None,
+        },
         event_time: None,
         node,
         table,
@@ -608,6 +612,20 @@ impl<T: Clone + Send + 'static> Stream<T> {
         partitions: Option<i32>,
         f: impl Fn(T) -> OutRecord + Send + Sync + 'static,
     ) {
+        self.to_cluster(None, topic, partitions, f)
+    }
+
+    /// Like `to_with_partitions`, on the cluster at `bootstrap` (its `bootstrap.servers`; None: this
+    /// broker). The remote topic is created when missing; outputs reach it once their checkpoint commits,
+    /// written by an idempotent producer of that cluster, so a crash neither loses nor repeats them.
+    pub fn to_cluster(
+        &self,
+        bootstrap: Option<String>,
+        topic: impl Into<String>,
+        partitions: Option<i32>,
+        f: impl Fn(T) -> OutRecord + Send + Sync + 'static,
+    ) {
+        let cluster = bootstrap;
         let name = topic.into();
         let f: Arc<dyn Fn(T) -> OutRecord + Send + Sync> = Arc::new(f);
         let factory: NodeFactory =
@@ -617,6 +635,7 @@ impl<T: Clone + Send + 'static> Stream<T> {
             TopicSpec {
                 name: name.clone(),
                 partitions,
+                cluster,
             },
             false,
         );
@@ -656,6 +675,16 @@ impl<T: Clone + Send + 'static> Stream<T> {
     /// event-time timer fires), a final checkpoint commits, and the pipeline stops.
     pub fn bounded(self, end: EndAt) -> Self {
         with_source(&self.b, self.node, false, "bounded", |s| s.end = end);
+        self
+    }
+
+    /// Reads the source's topic from the cluster at `bootstrap` (its `bootstrap.servers`) instead of this
+    /// broker: committed records only (read_committed), with its offsets in the pipeline's checkpoints.
+    pub fn from_cluster(self, bootstrap: impl Into<String>) -> Self {
+        let b = bootstrap.into();
+        with_source(&self.b, self.node, false, "from_cluster", |s| {
+            s.topic.cluster = Some(b)
+        });
         self
     }
 }
@@ -959,6 +988,7 @@ impl<K: Key, T: Clone + Send + 'static> WindowedStream<K, T> {
             TopicSpec {
                 name: topic.into(),
                 partitions,
+                cluster: None,
             },
             true,
         );
@@ -1043,6 +1073,15 @@ impl<K: Key, V: Clone + Send + 'static> Table<K, V> {
     /// Makes the table's topic finite (see [`Stream::bounded`]).
     pub fn bounded(self, end: EndAt) -> Self {
         with_source(&self.b, self.node, true, "bounded", |s| s.end = end);
+        self
+    }
+
+    /// Reads the table's topic from the cluster at `bootstrap` (see [`Stream::from_cluster`]).
+    pub fn from_cluster(self, bootstrap: impl Into<String>) -> Self {
+        let b = bootstrap.into();
+        with_source(&self.b, self.node, true, "from_cluster", |s| {
+            s.topic.cluster = Some(b)
+        });
         self
     }
 

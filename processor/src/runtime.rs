@@ -50,7 +50,10 @@ use crate::graph::node::Batch;
 use crate::graph::{EndAt, GraphSpec, StartAt};
 use crate::keyed_state::{StateBackend, StateHandle};
 use crate::metrics::PipelineMetrics;
+use crate::partition_io::{SinkPartition, SourcePartition};
 use crate::pipeline::{Job, TopicSpec};
+use crate::remote::sink::RemoteSink;
+use crate::remote::source::RemotePartition;
 use crate::source::for_each_record;
 use crate::store::Store;
 use crate::task::{OutputLayout, SlotOutput, SourceWatermark, Task};
@@ -98,7 +101,7 @@ struct OutputPartition {
     topic: String,
     partition: i32,
     late: bool,
-    log: Arc<Log>,
+    log: SinkPartition,
     /// The last offset appended by the previous checkpoint, to be fsynced before the next one is written.
     unsynced: Option<i64>,
 }
@@ -109,7 +112,7 @@ struct InputPartition {
     topic: String,
     /// Its index on the watermark board.
     board: usize,
-    log: Arc<Log>,
+    log: SourcePartition,
     offset: i64,
     /// Where a bounded source stops (exclusive).
     end: Option<i64>,
@@ -149,6 +152,68 @@ fn end_offset(log: &Log, end: EndAt) -> Option<i64> {
     }
 }
 
+/// A source partition found at start, before its start offset is known.
+enum Found {
+    Local(Arc<Log>),
+    /// (bootstrap servers, topic, partition)
+    Remote(String, millrace_client::cluster::Topic, i32),
+}
+
+/// The offset of one remote partition at `ts` (EARLIEST, LATEST or a time; read_committed), and its latest.
+async fn remote_offsets(
+    cluster: &str,
+    t: &millrace_client::cluster::Topic,
+    partition: i32,
+    ts: i64,
+) -> Result<(i64, i64)> {
+    use millrace_client::cluster::LATEST;
+    let at = crate::remote::offsets(cluster, t, &[partition], ts).await?;
+    let latest = crate::remote::offsets(cluster, t, &[partition], LATEST).await?;
+    let latest = latest.first().copied().unwrap_or(0);
+    // A time after every record: Kafka answers -1; that is the end.
+    let at = at.first().copied().filter(|o| *o >= 0).unwrap_or(latest);
+    Ok((at, latest))
+}
+
+/// Where a remote source with no checkpointed position starts (as [`start_offset`] for a local one).
+async fn remote_start(
+    cluster: &str,
+    t: &millrace_client::cluster::Topic,
+    partition: i32,
+    start: StartAt,
+) -> Result<i64> {
+    use millrace_client::cluster::{EARLIEST, LATEST};
+    Ok(match start {
+        StartAt::Earliest => remote_offsets(cluster, t, partition, EARLIEST).await?.0,
+        StartAt::Latest => remote_offsets(cluster, t, partition, LATEST).await?.0,
+        StartAt::Offset(o) => {
+            let first = remote_offsets(cluster, t, partition, EARLIEST).await?;
+            o.clamp(first.0, first.1)
+        }
+        StartAt::Time(ts) => remote_offsets(cluster, t, partition, ts).await?.0,
+    })
+}
+
+/// Where a bounded remote source stops (as [`end_offset`] for a local one): its last stable offset now.
+async fn remote_end(
+    cluster: &str,
+    t: &millrace_client::cluster::Topic,
+    partition: i32,
+    end: EndAt,
+) -> Result<Option<i64>> {
+    use millrace_client::cluster::LATEST;
+    Ok(match end {
+        EndAt::Unbounded => None,
+        EndAt::End => Some(remote_offsets(cluster, t, partition, LATEST).await?.0),
+        EndAt::Offset(o) => Some(o.min(remote_offsets(cluster, t, partition, LATEST).await?.1)),
+        EndAt::Time(ts) => Some(
+            remote_offsets(cluster, t, partition, ts.saturating_add(1))
+                .await?
+                .0,
+        ),
+    })
+}
+
 /// What a task hands in at a checkpoint.
 #[derive(Default)]
 struct Slot {
@@ -177,7 +242,7 @@ struct Shared {
     /// Batches waiting in each task's inboxes (all stages).
     inbox_batches: Vec<AtomicUsize>,
     /// Every source partition by board index, and the next offset its task will read.
-    input_logs: Vec<Arc<Log>>,
+    input_logs: Vec<SourcePartition>,
     positions: Vec<AtomicI64>,
     /// Watermarks each task last used per (stage, task, source), published after it shipped that stage.
     published_wm: Vec<AtomicI64>,
@@ -222,7 +287,7 @@ impl Shared {
                 self.input_logs
                     .get(p)
                     .zip(self.positions.get(p))
-                    .is_some_and(|(log, pos)| log.log_end_offset() > pos.load(Ordering::Acquire))
+                    .is_some_and(|(log, pos)| log.end_offset() > pos.load(Ordering::Acquire))
             };
             return self
                 .source_ranges
@@ -309,6 +374,8 @@ struct Committer {
     outputs: Vec<OutputPartition>,
     /// Input offsets of the last checkpoint (to skip commits with nothing new).
     committed_offsets: Vec<(String, i32, i64)>,
+    /// The remote topics written (`SinkPartition::Remote` indexes them).
+    remote: Vec<RemoteSink>,
 }
 
 /// A running pipeline. Dropping it without [`RunningPipeline::stop`] leaves the threads running until the
@@ -362,6 +429,9 @@ impl RunningPipeline {
     fn finish(self) -> Result<PipelineMetrics> {
         for t in self.threads {
             let _ = t.join();
+        }
+        for input in &self.shared.input_logs {
+            input.stop();
         }
         // Closing the channel lets the committer finish what is queued and end.
         drop(self.shared.commits.lock().take());
@@ -454,8 +524,29 @@ pub fn start(
 
     // Per source, its partitions with their topic: a pattern reads every topic it matches now (in name
     // order; topics made later are read after a restart).
-    let mut source_logs: Vec<Vec<(String, Arc<Log>)>> = Vec::with_capacity(graph.sources.len());
+    let mut source_logs: Vec<Vec<(String, Found)>> = Vec::with_capacity(graph.sources.len());
     for s in &graph.sources {
+        if let Some(cluster) = &s.topic.cluster {
+            if s.topic.is_pattern() {
+                return Err(Error::Invalid(format!(
+                    "source {}: a topic pattern cannot be read from a remote cluster ({cluster})",
+                    s.topic.name
+                )));
+            }
+            let t = rt.block_on(crate::remote::describe(cluster, &s.topic.name, None))?;
+            source_logs.push(
+                t.partitions
+                    .iter()
+                    .map(|p| {
+                        (
+                            t.name.clone(),
+                            Found::Remote(cluster.clone(), t.clone(), p.index),
+                        )
+                    })
+                    .collect(),
+            );
+            continue;
+        }
         let topics = if s.topic.is_pattern() {
             let mut names: Vec<String> = host
                 .topic_names()?
@@ -476,19 +567,34 @@ pub fn start(
             let spec = TopicSpec {
                 name: t.clone(),
                 partitions: s.topic.partitions,
+                cluster: None,
             };
             logs.extend(
                 topic_logs(&*host, &spec)?
                     .into_iter()
-                    .map(|l| (t.clone(), l)),
+                    .map(|l| (t.clone(), Found::Local(l))),
             );
         }
         source_logs.push(logs);
     }
     let mut outputs: Vec<OutputPartition> = Vec::new();
+    let mut remote_sinks: Vec<RemoteSink> = Vec::new();
     let mut layout = OutputLayout::default();
     for o in &graph.outputs {
-        let logs = topic_logs(&*host, &o.topic)?;
+        let logs: Vec<SinkPartition> = match &o.topic.cluster {
+            Some(cluster) => {
+                let sink =
+                    rt.block_on(RemoteSink::open(cluster, &o.topic.name, o.topic.partitions))?;
+                let n = sink.partitions();
+                remote_sinks.push(sink);
+                let sink = remote_sinks.len() - 1;
+                (0..n).map(|_| SinkPartition::Remote { sink }).collect()
+            }
+            None => topic_logs(&*host, &o.topic)?
+                .into_iter()
+                .map(SinkPartition::Local)
+                .collect(),
+        };
         layout.partitions.push(logs.len());
         for (p, log) in logs.into_iter().enumerate() {
             outputs.push(OutputPartition {
@@ -537,8 +643,33 @@ pub fn start(
                         o.topic, o.partition
                     )));
                 };
-                if !holds_batch(&out.log, o.search_from, o.producer_id, o.base_sequence)? {
-                    out.log.append_slice(&o.batch, now_ms())?;
+                let written = match &out.log {
+                    SinkPartition::Local(log) => {
+                        if holds_batch(log, o.search_from, o.producer_id, o.base_sequence)? {
+                            false
+                        } else {
+                            log.append_slice(&o.batch, now_ms())?;
+                            true
+                        }
+                    }
+                    SinkPartition::Remote { sink } => {
+                        let Some(sink) = remote_sinks.get_mut(*sink) else {
+                            return Err(Error::Host("remote sink index out of range".into()));
+                        };
+                        if rt.block_on(sink.holds(
+                            o.partition,
+                            o.search_from,
+                            o.producer_id,
+                            o.base_sequence,
+                        ))? {
+                            false
+                        } else {
+                            rt.block_on(sink.write(vec![(o.partition, o.batch.clone())], true))?;
+                            true
+                        }
+                    }
+                };
+                if written {
                     tracing::info!(pipeline = %name, topic = %o.topic, partition = o.partition,
                         sequence = o.base_sequence, "wrote a checkpointed output batch a crash had kept back");
                 }
@@ -573,12 +704,29 @@ pub fn start(
     for (s, logs) in source_logs.into_iter().enumerate() {
         let start = board_index;
         let spec = &graph.sources[s];
-        for (topic, log) in logs {
-            let partition = log.partition();
-            let pos = positions.get(&(topic.clone(), partition)).copied();
-            let (offset, max_ts) =
-                pos.unwrap_or_else(|| (start_offset(&log, spec.start), i64::MIN));
-            let end = end_offset(&log, spec.end);
+        for (topic, found) in logs {
+            let (log, offset, max_ts, end) = match found {
+                Found::Local(log) => {
+                    let pos = positions.get(&(topic.clone(), log.partition())).copied();
+                    let (offset, max_ts) =
+                        pos.unwrap_or_else(|| (start_offset(&log, spec.start), i64::MIN));
+                    let end = end_offset(&log, spec.end);
+                    (SourcePartition::Local(log), offset, max_ts, end)
+                }
+                Found::Remote(cluster, t, partition) => {
+                    let pos = positions.get(&(topic.clone(), partition)).copied();
+                    let (offset, max_ts) = match pos {
+                        Some(p) => p,
+                        None => (
+                            rt.block_on(remote_start(&cluster, &t, partition, spec.start))?,
+                            i64::MIN,
+                        ),
+                    };
+                    let end = rt.block_on(remote_end(&cluster, &t, partition, spec.end))?;
+                    let r = RemotePartition::start(&cluster, t, partition, offset, &rt);
+                    (SourcePartition::Remote(r), offset, max_ts, end)
+                }
+            };
             let part = InputPartition {
                 source: s,
                 topic: topic.clone(),
@@ -600,7 +748,7 @@ pub fn start(
         board.observe(i, ts);
     }
 
-    let mut input_logs: Vec<Option<Arc<Log>>> = vec![None; board_index];
+    let mut input_logs: Vec<Option<SourcePartition>> = vec![None; board_index];
     let mut positions: Vec<AtomicI64> = (0..board_index).map(|_| AtomicI64::new(0)).collect();
     for p in parts.iter().flatten() {
         input_logs[p.board] = Some(p.log.clone());
@@ -608,7 +756,7 @@ pub fn start(
         // is the end of time.)
         positions[p.board] = AtomicI64::new(p.offset);
     }
-    let input_logs: Vec<Arc<Log>> = input_logs.into_iter().flatten().collect();
+    let input_logs: Vec<SourcePartition> = input_logs.into_iter().flatten().collect();
 
     let per_task = distribute(&state, &groups);
     let mut tasks = Vec::with_capacity(n);
@@ -676,6 +824,7 @@ pub fn start(
             checkpoint_id,
             outputs: std::mem::take(&mut outputs),
             committed_offsets,
+            remote: remote_sinks,
         }),
         commits: Mutex::new(Some(commit_tx)),
         metrics: Mutex::new(PipelineMetrics {
@@ -791,10 +940,30 @@ fn read_partition(
     part: &mut InputPartition,
     read: &mut u64,
 ) -> Result<bool> {
+    let log = match &part.log {
+        SourcePartition::Local(log) => log.clone(),
+        SourcePartition::Remote(r) => {
+            let Some(chunk) = r.read(part.offset)? else {
+                return Ok(false);
+            };
+            let source = part.source;
+            let mut max_ts = part.max_ts;
+            let next = for_each_record(&chunk.records, part.offset, r.partition, |m| {
+                *read += 1;
+                max_ts = max_ts.max(task.feed(source, m));
+            })?;
+            part.max_ts = max_ts;
+            // The chunk ends past what it holds when the batches behind it were aborted or markers.
+            let next = next.max(chunk.next);
+            let got = next > part.offset;
+            part.offset = next;
+            return Ok(got);
+        }
+    };
     loop {
-        match part.log.read(part.offset, READ_BYTES, true) {
+        match log.read(part.offset, READ_BYTES, true) {
             Ok(slice) if !slice.records.is_empty() => {
-                let partition = part.log.partition();
+                let partition = log.partition();
                 let source = part.source;
                 let mut max_ts = part.max_ts;
                 let next = for_each_record(&slice.records, part.offset, partition, |m| {
@@ -949,19 +1118,7 @@ fn run_task(shared: &Shared, i: usize, mut task: Task, mut parts: Vec<InputParti
         }
         if caught_up {
             match parts.first() {
-                Some(first) => {
-                    let log = first.log.clone();
-                    let from = first.offset;
-                    shared.rt.block_on(async {
-                        let appended = log.appended().notified();
-                        tokio::pin!(appended);
-                        appended.as_mut().enable();
-                        if log.log_end_offset() > from {
-                            return;
-                        }
-                        let _ = tokio::time::timeout(IDLE_POLL, appended).await;
-                    });
-                }
+                Some(first) => first.log.wait(&shared.rt, first.offset, IDLE_POLL),
                 None => std::thread::sleep(IDLE_POLL),
             }
         }
@@ -1106,10 +1263,11 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
     }
 
     // The previous checkpoint's outputs must be durable before a checkpoint that no longer carries them is.
+    // (A remote sink's writes were acknowledged with acks=all: durable already.)
     for o in c.outputs.iter_mut() {
-        if let Some(last) = o.unsynced.take() {
+        if let (Some(last), SinkPartition::Local(log)) = (o.unsynced.take(), &o.log) {
             if shared.fsync {
-                shared.rt.block_on(o.log.wait_durable(last))?;
+                shared.rt.block_on(log.wait_durable(last))?;
             }
         }
     }
@@ -1117,8 +1275,18 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
     let mut batches = Vec::new();
     let mut written = 0u64;
     let mut late_written = 0u64;
-    for (slot_index, out) in c.outputs.iter().enumerate() {
-        let search_from = out.log.log_end_offset();
+    let Committer {
+        outputs: committer_outputs,
+        remote,
+        ..
+    } = &mut *c;
+    for (slot_index, out) in committer_outputs.iter().enumerate() {
+        let search_from = match &out.log {
+            SinkPartition::Local(log) => log.log_end_offset(),
+            SinkPartition::Remote { sink } => remote
+                .get(*sink)
+                .map_or(0, |r| r.search_from(out.partition)),
+        };
         for s in slots.iter_mut() {
             let Some(slot) = s.outputs.get_mut(slot_index) else {
                 continue;
@@ -1129,10 +1297,19 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
                 written += slot.records;
             }
             for (base_sequence, batch) in slot.batches.drain(..) {
+                let (producer_id, base_sequence, batch) = match &out.log {
+                    SinkPartition::Local(_) => (s.producer_id, base_sequence, batch),
+                    // Numbered under the remote cluster's producer id before the checkpoint records it,
+                    // so a restart looks for exactly what was sent.
+                    SinkPartition::Remote { sink } => match remote.get_mut(*sink) {
+                        Some(r) => r.assign(out.partition, &batch)?,
+                        None => return Err(Error::Host("remote sink index out of range".into())),
+                    },
+                };
                 batches.push(OutputBatch {
                     topic: out.topic.clone(),
                     partition: out.partition,
-                    producer_id: s.producer_id,
+                    producer_id,
                     search_from,
                     base_sequence,
                     batch,
@@ -1182,6 +1359,7 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
     }
 
     // Committed: now the outputs may be seen.
+    let mut remote_writes: Vec<Vec<(i32, Bytes)>> = vec![Vec::new(); c.remote.len()];
     for o in &checkpoint.outputs {
         let Some(out) = c
             .outputs
@@ -1190,8 +1368,23 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
         else {
             continue;
         };
-        let appended = out.log.append_slice(&o.batch, now_ms())?;
-        out.unsynced = Some(appended.last_offset);
+        match &out.log {
+            SinkPartition::Local(log) => {
+                let appended = log.append_slice(&o.batch, now_ms())?;
+                out.unsynced = Some(appended.last_offset);
+            }
+            SinkPartition::Remote { sink } => {
+                if let Some(w) = remote_writes.get_mut(*sink) {
+                    w.push((o.partition, o.batch.clone()));
+                }
+            }
+        }
+    }
+    for (sink, writes) in c.remote.iter_mut().zip(remote_writes) {
+        if !writes.is_empty() {
+            // A failure here fails the pipeline; its restart finds what landed and writes the rest.
+            shared.rt.block_on(sink.write(writes, false))?;
+        }
     }
     // Durable in the checkpoint record: now the store may hold them (a crash before this is mended at restart).
     let change_bytes: usize = checkpoint.changes.iter().map(Bytes::len).sum();

@@ -23,12 +23,14 @@ use crate::error::{Error, Result};
 use crate::task::EventTimeFn;
 pub use node::{Batch, Exchange, NodeCore, NodeFactory, NodeInit};
 
-/// A topic a pipeline reads or writes, and the partition count to create it with if it is missing (None:
-/// the broker's default).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A topic a pipeline reads or writes, the partition count to create it with if it is missing (None: the
+/// broker's default), and the cluster it is on (None: this broker; Some: a remote cluster's
+/// `bootstrap.servers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicSpec {
     pub name: String,
     pub partitions: Option<i32>,
+    pub cluster: Option<String>,
 }
 
 impl TopicSpec {
@@ -263,7 +265,7 @@ mod tests {
     fn globs() {
         let t = |p: &str| TopicSpec {
             name: p.into(),
-            partitions: None,
+            ..Default::default()
         };
         assert!(t("orders-*").matches("orders-eu"));
         assert!(t("orders-*").matches("orders-"));

@@ -211,3 +211,23 @@ impl<'a> Iterator for BatchIter<'a> {
 pub fn set_base_offset(buf: &mut [u8], base_offset: i64) {
     buf[..8].copy_from_slice(&base_offset.to_be_bytes());
 }
+
+/// Rewrites the producer id, epoch and base sequence of a whole batch in place and recomputes its CRC (which
+/// covers them): a batch built for one cluster's producer id is sent to another cluster under that one's.
+/// Errors if `buf` is shorter than a batch header.
+pub fn set_producer(
+    buf: &mut [u8],
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+) -> Result<()> {
+    if buf.len() < BATCH_HEADER_LEN {
+        return Err(Error::CorruptBatch("batch shorter than its header"));
+    }
+    buf[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    buf[51..53].copy_from_slice(&epoch.to_be_bytes());
+    buf[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&buf[CRC_START..]);
+    buf[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(())
+}

@@ -189,8 +189,22 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{validate_batch, RecordIter};
+    use crate::records::{set_producer, validate_batch, RecordIter};
     use proptest::prelude::*;
+
+    #[test]
+    fn set_producer_keeps_the_batch_valid() {
+        let mut b = BatchBuilder::new(5).producer(7, 0, 0);
+        b.push(5, Some(b"k"), Some(b"v"), &[]);
+        let mut v = b.finish().to_vec();
+        set_producer(&mut v, 4242, 3, 17).expect("header is whole");
+        let h = validate_batch(&v).expect("valid after the rewrite");
+        assert_eq!(
+            (h.producer_id, h.producer_epoch, h.base_sequence),
+            (4242, 3, 17)
+        );
+        assert!(set_producer(&mut v[..20], 1, 1, 1).is_err());
+    }
 
     proptest! {
         #[test]

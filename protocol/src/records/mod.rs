@@ -27,7 +27,7 @@ pub mod compression;
 mod record;
 
 pub use batch::{
-    attributes, set_base_offset, validate_batch, BatchHeader, BatchIter, Compression,
+    attributes, set_base_offset, set_producer, validate_batch, BatchHeader, BatchIter, Compression,
     BATCH_HEADER_LEN, CRC_START, LOG_OVERHEAD,
 };
 pub use builder::BatchBuilder;
