@@ -643,7 +643,11 @@ impl<T: Clone + Send + 'static> Stream<T> {
             from: self.node,
             exchange: None,
         }];
-        let node = g.add("sink", format!("sink {name}"), edges, false, factory);
+        let detail = match &g.outputs[out].topic.cluster {
+            Some(c) => format!("sink {name} at {c}"),
+            None => format!("sink {name}"),
+        };
+        let node = g.add("sink", detail, edges, false, factory);
         g.nodes[node].sink = Some(out);
     }
 
@@ -682,9 +686,15 @@ impl<T: Clone + Send + 'static> Stream<T> {
     /// broker: committed records only (read_committed), with its offsets in the pipeline's checkpoints.
     pub fn from_cluster(self, bootstrap: impl Into<String>) -> Self {
         let b = bootstrap.into();
+        let mut node = None;
         with_source(&self.b, self.node, false, "from_cluster", |s| {
-            s.topic.cluster = Some(b)
+            s.topic.cluster = Some(b.clone());
+            node = Some(s.node);
         });
+        if let Some(n) = node {
+            // `pipeline check` shows where the topic is read from.
+            self.b.borrow_mut().nodes[n].detail += &format!(" at {b}");
+        }
         self
     }
 }
@@ -1079,9 +1089,15 @@ impl<K: Key, V: Clone + Send + 'static> Table<K, V> {
     /// Reads the table's topic from the cluster at `bootstrap` (see [`Stream::from_cluster`]).
     pub fn from_cluster(self, bootstrap: impl Into<String>) -> Self {
         let b = bootstrap.into();
+        let mut node = None;
         with_source(&self.b, self.node, true, "from_cluster", |s| {
-            s.topic.cluster = Some(b)
+            s.topic.cluster = Some(b.clone());
+            node = Some(s.node);
         });
+        if let Some(n) = node {
+            // `pipeline check` shows where the topic is read from.
+            self.b.borrow_mut().nodes[n].detail += &format!(" at {b}");
+        }
         self
     }
 

@@ -270,3 +270,34 @@ topic = "spend"
     assert!(e.starts_with("spend.toml:4:"), "{e}");
     assert!(e.contains("\"memory\" or \"disk\""), "{e}");
 }
+
+#[test]
+fn a_graph_file_names_remote_clusters_for_sources_and_sinks() {
+    let src = r#"
+name = "mirror"
+[[sources]]
+topic = "orders"
+"bootstrap.servers" = "10.0.0.1:9092, 10.0.0.2:9092"
+[[sinks]]
+input = "orders"
+topic = "orders_copy"
+bootstrap_servers = "10.0.0.3:9092"
+[[sinks]]
+input = "orders"
+topic = "orders_local"
+"#;
+    let job = parse(src, "mirror.toml").expect("valid");
+    assert_eq!(
+        job.sources()[0].cluster.as_deref(),
+        Some("10.0.0.1:9092,10.0.0.2:9092")
+    );
+    let clusters: Vec<Option<&str>> = job.sinks().iter().map(|t| t.cluster.as_deref()).collect();
+    assert_eq!(clusters, [Some("10.0.0.3:9092"), None]);
+
+    for bad in ["", "nohost", "h:port", ":9092", "h:99999"] {
+        let text = src.replace("10.0.0.3:9092", bad);
+        let e = parse(&text, "mirror.toml").err().unwrap().to_string();
+        assert!(e.starts_with("mirror.toml:9:"), "{bad:?}: {e}");
+        assert!(e.contains("host:port"), "{e}");
+    }
+}
