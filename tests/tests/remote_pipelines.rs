@@ -249,3 +249,85 @@ fn remote_source_table_and_sink_are_exact_across_a_kill_9_of_the_pipelines_broke
         );
     }
 }
+
+#[test]
+fn a_batch_run_reads_a_remote_topic_to_its_end_and_writes_the_remote_sink_once() {
+    let remote = Broker::start().unwrap();
+    let rb = remote.bootstrap();
+    create_topic(&rb, "events", 2, &[]);
+    let p = producer(&rb, &[("enable.idempotence", "true"), ("acks", "all")]);
+    let n = 2_000i64;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let recs: Vec<Rec> = (0..n)
+        .map(|i| {
+            let user = format!("u{}", i % 37);
+            *expected.entry(user.clone()).or_default() += 1;
+            Rec {
+                partition: (i % 2) as i32,
+                offset: 0,
+                key: Some(user.clone().into_bytes()),
+                value: Some(format!(r#"{{"user":"{user}"}}"#).into_bytes()),
+                headers: vec![],
+                timestamp: Some(BASE + i),
+            }
+        })
+        .collect();
+    produce_all(&p, "events", &recs);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("count.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+name = "remote_count"
+[[sources]]
+topic = "events"
+end = "end"
+"bootstrap.servers" = "{rb}"
+[[steps]]
+name = "counts"
+type = "aggregate"
+input = "events"
+key = {{ field = "user" }}
+aggregates = [{{ op = "count" }}]
+[[sinks]]
+input = "counts"
+topic = "counts"
+partitions = 3
+"bootstrap.servers" = "{rb}"
+"#
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let run = || {
+        let out = std::process::Command::new(millrace_tests::binary().unwrap())
+            .args(["pipeline", "run"])
+            .arg(&file)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pipeline run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run();
+    let outs = read_all(&rb, "counts", n as usize, Duration::from_secs(30));
+    assert_eq!(outs.len() as i64, n, "one output per event");
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for v in &outs {
+        last.insert(
+            v["user"].as_str().unwrap().to_string(),
+            v["count"].as_u64().unwrap(),
+        );
+    }
+    assert_eq!(last, expected);
+    // A second run resumes at the checkpointed end: nothing new to read, nothing written again.
+    run();
+    let ends: i64 = (0..3).map(|p| watermarks(&rb, "counts", p).1).sum();
+    assert_eq!(ends, n, "the second run wrote nothing");
+}
