@@ -99,7 +99,10 @@ mod tests {
             top.insert(h >> 57);
         }
         let worst = low.iter().copied().max().unwrap_or(0);
-        assert!(worst < 300, "a bucket got {worst} of 100,000 keys (share: 98)");
+        assert!(
+            worst < 300,
+            "a bucket got {worst} of 100,000 keys (share: 98)"
+        );
         assert_eq!(top.len(), 128, "every tag value is used");
     }
 }

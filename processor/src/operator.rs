@@ -52,6 +52,19 @@ pub trait Operator<In>: Send {
     /// The task's watermark moved to `watermark`: no element with an earlier event time is expected any more.
     fn on_watermark(&mut self, _watermark: i64, _out: &mut dyn Collector<Self::Out>) {}
 
+    /// The watermark of input `port` alone moved to `watermark` (called only for steps with several inputs,
+    /// before the combined [`Operator::on_watermark`] of the same round). No element to come on that input has
+    /// an earlier event time; elements of the other inputs may still. A temporal join uses its table side's
+    /// to join a probe as soon as every version it can need has arrived, without waiting for the probes'
+    /// own watermark.
+    fn on_input_watermark(
+        &mut self,
+        _port: usize,
+        _watermark: i64,
+        _out: &mut dyn Collector<Self::Out>,
+    ) {
+    }
+
     /// Processing time (wall-clock epoch ms, virtual in the test driver) moved to `now`: for processing-time
     /// timers and triggers. Called at least every few tens of milliseconds while the pipeline runs.
     fn on_processing_time(&mut self, _now: i64, _out: &mut dyn Collector<Self::Out>) {}
@@ -80,6 +93,15 @@ pub trait Stage<In>: Send {
     fn process(&mut self, timestamp: i64, item: In, out: &mut dyn Collector<Self::Out>);
     fn start(&mut self, task: &TaskInfo);
     fn watermark(&mut self, watermark: i64, out: &mut dyn Collector<Self::Out>);
+    /// The watermark of one input of a multi-input step (see [`Operator::on_input_watermark`]); only the
+    /// first stage of a chain has the step's inputs.
+    fn input_watermark(
+        &mut self,
+        _port: usize,
+        _watermark: i64,
+        _out: &mut dyn Collector<Self::Out>,
+    ) {
+    }
     fn processing_time(&mut self, now: i64, out: &mut dyn Collector<Self::Out>);
     fn snapshot(&mut self, into: &mut TaskState);
     fn restore(&mut self, from: &TaskState) -> Result<()>;
@@ -146,6 +168,13 @@ impl<In, O: Operator<In>> Stage<In> for Named<O> {
             n: &mut self.records_out,
         };
         self.op.on_watermark(watermark, &mut c);
+    }
+    fn input_watermark(&mut self, port: usize, watermark: i64, out: &mut dyn Collector<O::Out>) {
+        let mut c = Counting {
+            inner: out,
+            n: &mut self.records_out,
+        };
+        self.op.on_input_watermark(port, watermark, &mut c);
     }
     fn processing_time(&mut self, now: i64, out: &mut dyn Collector<O::Out>) {
         let mut c = Counting {
@@ -232,6 +261,14 @@ impl<In, A: Stage<In>, B: Stage<A::Out>> Stage<In> for Chain<A, B> {
         self.first.watermark(watermark, &mut pipe);
         self.second.watermark(watermark, out);
     }
+    fn input_watermark(&mut self, port: usize, watermark: i64, out: &mut dyn Collector<B::Out>) {
+        let mut pipe = Pipe {
+            next: &mut self.second,
+            out,
+            _t: std::marker::PhantomData,
+        };
+        self.first.input_watermark(port, watermark, &mut pipe);
+    }
     fn processing_time(&mut self, now: i64, out: &mut dyn Collector<B::Out>) {
         let mut pipe = Pipe {
             next: &mut self.second,
@@ -294,6 +331,9 @@ impl<In, Out> Stage<In> for Box<dyn Stage<In, Out = Out>> {
     }
     fn watermark(&mut self, watermark: i64, out: &mut dyn Collector<Out>) {
         (**self).watermark(watermark, out)
+    }
+    fn input_watermark(&mut self, port: usize, watermark: i64, out: &mut dyn Collector<Out>) {
+        (**self).input_watermark(port, watermark, out)
     }
     fn processing_time(&mut self, now: i64, out: &mut dyn Collector<Out>) {
         (**self).processing_time(now, out)

@@ -232,6 +232,18 @@ pub fn combine(sources: &[usize], wms: &[SourceWatermark]) -> i64 {
     active.unwrap_or(all)
 }
 
+/// The watermark of one input of a node fed by `sources`: the minimum over all of them, idle or not. Unlike
+/// [`combine`] it never skips a source, so it is a floor for that input's elements to come (an idle source's
+/// watermark still bounds what it sends when it wakes).
+pub fn floor(sources: &[usize], wms: &[SourceWatermark]) -> i64 {
+    sources
+        .iter()
+        .filter_map(|s| wms.get(*s))
+        .map(|w| w.watermark)
+        .min()
+        .unwrap_or(i64::MIN)
+}
+
 /// A batch on its way to another task: (task, node, input port, batch).
 pub type Shipment = (usize, usize, usize, Batch);
 
@@ -245,6 +257,8 @@ pub struct Task {
     queues: Vec<Vec<(usize, Batch)>>,
     /// The watermark each node last saw (watermarks given to operators only grow).
     node_wm: Vec<i64>,
+    /// For nodes with several inputs, the watermark each input last gave.
+    port_wm: Vec<Vec<i64>>,
     /// Source records read but not yet run, per source (event time, record).
     fed: Vec<Vec<(i64, Message)>>,
     outgoing: Vec<Shipment>,
@@ -281,6 +295,11 @@ impl Task {
             nodes,
             queues: (0..n).map(|_| Vec::new()).collect(),
             node_wm: vec![i64::MIN; n],
+            port_wm: graph
+                .port_upstream
+                .iter()
+                .map(|p| vec![i64::MIN; p.len()])
+                .collect(),
             fed: (0..graph.sources.len()).map(|_| Vec::new()).collect(),
             outgoing: Vec::new(),
             scratch: Vec::new(),
@@ -348,6 +367,13 @@ impl Task {
                 self.nodes[n].push(port, batch, &mut cx)?;
             }
             if let Some(wms) = wms {
+                for (port, sources) in graph.port_upstream[n].iter().enumerate() {
+                    let wm = floor(sources, wms);
+                    if wm > self.port_wm[n][port] {
+                        self.port_wm[n][port] = wm;
+                        self.nodes[n].input_watermark(port, wm, &mut cx);
+                    }
+                }
                 let wm = combine(&graph.upstream[n], wms);
                 if wm > self.node_wm[n] {
                     self.node_wm[n] = wm;
@@ -459,5 +485,13 @@ mod tests {
         assert_eq!(combine(&[0, 1], &[w(10, false), w(5, true)]), 10);
         assert_eq!(combine(&[0, 1], &[w(10, true), w(5, true)]), 10);
         assert_eq!(combine(&[1], &[w(10, false), w(5, false)]), 5);
+    }
+
+    #[test]
+    fn an_input_floor_never_skips_idle_sources() {
+        let w = |watermark, idle| SourceWatermark { watermark, idle };
+        assert_eq!(floor(&[0, 1], &[w(10, false), w(5, true)]), 5);
+        assert_eq!(floor(&[1], &[w(10, false), w(7, true)]), 7);
+        assert_eq!(floor(&[], &[w(10, false)]), i64::MIN);
     }
 }

@@ -316,6 +316,43 @@ fn a_quiet_table_stops_holding_back_a_join_when_idle() {
 }
 
 #[test]
+fn a_table_ahead_of_its_probes_joins_them_without_waiting_for_their_watermark() {
+    let p = Pipeline::new("t").out_of_orderness(Duration::from_millis(500));
+    let users = p.table("users");
+    let job = p
+        .source("orders")
+        .key_by(key_of)
+        .join_table(
+            &users,
+            JoinKind::Left,
+            |_, o: Message, u: Option<&Message>| {
+                format!(
+                    "{}/{}",
+                    text(&o.value),
+                    text(&u.and_then(|u| u.value.clone()))
+                )
+            },
+        )
+        .sink("out", |s: String| OutRecord::new(None, Some(s.into()), 0))
+        .unwrap();
+    let mut d = TestDriver::new(&job, 1);
+    d.send_to(0, 0, msg("u1", "alice", 100));
+    d.send_to(0, 0, msg("u1", "alicia", 5_000));
+    // The users table is final up to 4 500: an order at 1 000 is joined on arrival, though the orders'
+    // own watermark (500 behind the order) has not passed it.
+    d.send_to(1, 0, msg("u1", "o1", 1_000));
+    let got: Vec<String> = d.outputs().iter().map(|r| text(&r.value)).collect();
+    assert_eq!(got, ["o1/alice"]);
+    // An order the table has not passed yet waits, as before, and gets the version as of its time.
+    d.send_to(1, 0, msg("u1", "o2", 6_000));
+    assert!(d.outputs().is_empty());
+    d.send_to(0, 0, msg("u1", "al", 6_200));
+    d.send_to(0, 0, msg("u1", "zed", 9_000));
+    let got: Vec<String> = d.outputs().iter().map(|r| text(&r.value)).collect();
+    assert_eq!(got, ["o2/alicia"]);
+}
+
+#[test]
 fn builder_errors_are_reported() {
     let p = Pipeline::new("t");
     let s = p.source("in").map(|m: Message| m);

@@ -12,7 +12,8 @@
 //! - nodes are in topological order: every input of node `n` is a node before `n`;
 //! - a keyed node's inputs are all keyed edges, a forward node's all forward edges;
 //! - `stage[n]` is as above and `stages` is one more than the largest stage;
-//! - `upstream[n]` lists the sources whose watermarks node `n` combines (every source it is reachable from).
+//! - `upstream[n]` lists the sources whose watermarks node `n` combines (every source it is reachable from);
+//!   for a node with several inputs, `port_upstream[n][p]` lists those of input `p` alone (empty otherwise).
 
 pub mod node;
 
@@ -153,6 +154,7 @@ pub struct GraphSpec {
     pub stage: Vec<usize>,
     pub stages: usize,
     pub upstream: Vec<Vec<usize>>,
+    pub port_upstream: Vec<Vec<Vec<usize>>>,
 }
 
 impl GraphSpec {
@@ -206,8 +208,20 @@ impl GraphSpec {
                 )));
             }
         }
+        let port_upstream = nodes
+            .iter()
+            .map(|node| match node.inputs.len() {
+                0 | 1 => Vec::new(),
+                _ => node
+                    .inputs
+                    .iter()
+                    .map(|e| upstream[e.from].clone())
+                    .collect(),
+            })
+            .collect();
         let stages = stage.iter().max().map_or(1, |m| m + 1);
         Ok(GraphSpec {
+            port_upstream,
             nodes,
             sources,
             outputs,

@@ -58,6 +58,9 @@ pub trait NodeCore: Send {
     /// Handles a batch that arrived on input `port`.
     fn push(&mut self, port: usize, batch: Batch, cx: &mut NodeCx<'_>) -> Result<()>;
     fn watermark(&mut self, watermark: i64, cx: &mut NodeCx<'_>);
+    /// The watermark of input `port` alone moved (for nodes with several inputs; see
+    /// [`crate::operator::Operator::on_input_watermark`]).
+    fn input_watermark(&mut self, _port: usize, _watermark: i64, _cx: &mut NodeCx<'_>) {}
     fn processing_time(&mut self, now: i64, cx: &mut NodeCx<'_>);
     fn close(&mut self, cx: &mut NodeCx<'_>);
     fn snapshot(&mut self, into: &mut GroupedState);
@@ -276,6 +279,14 @@ impl<I: 'static, O: Clone + Send + 'static> NodeCore for ForwardNode<I, O> {
         };
         self.stage.watermark(watermark, &mut c);
     }
+    fn input_watermark(&mut self, port: usize, watermark: i64, cx: &mut NodeCx<'_>) {
+        let mut c = ToOutbox {
+            items: &mut self.outbox.items,
+            out: cx.out,
+            late: self.late,
+        };
+        self.stage.input_watermark(port, watermark, &mut c);
+    }
     fn processing_time(&mut self, now: i64, cx: &mut NodeCx<'_>) {
         let mut c = ToOutbox {
             items: &mut self.outbox.items,
@@ -322,7 +333,7 @@ pub type MakeStage<I, O> = Box<dyn Fn() -> Box<dyn Stage<I, Out = O>> + Send>;
 ///
 /// Invariants: `instances[kg - owned.start]` is `Some` only for key groups in `owned` that have received an
 /// element or restored state; an instance made late has seen every watermark it missed before its first
-/// element (`watermark`, which only grows, is given to it when it is made).
+/// element (`watermark` and `port_wm`, which only grow, are given to it when it is made).
 pub struct KeyedNode<I, O> {
     make: MakeStage<I, O>,
     info: TaskInfo,
@@ -332,6 +343,8 @@ pub struct KeyedNode<I, O> {
     late: Option<usize>,
     outbox: Outbox<O>,
     watermark: i64,
+    /// The watermark of each input alone (empty for one input), i64::MIN before the first.
+    port_wm: Vec<i64>,
     /// The last processing time seen (given to instances made later), i64::MIN before the first.
     now: i64,
     /// Elements for a key group this task does not own (a routing bug: counted and logged, not fatal).
@@ -356,6 +369,7 @@ impl<I, O> KeyedNode<I, O> {
             late: init.late,
             outbox: Outbox::default(),
             watermark: i64::MIN,
+            port_wm: Vec::new(),
             now: i64::MIN,
             misrouted: 0,
         }
@@ -377,15 +391,29 @@ impl<I, O> KeyedNode<I, O> {
     }
 }
 
+/// The times a keyed node has seen, given to an instance when it is made.
+#[derive(Clone, Copy)]
+struct Times<'a> {
+    watermark: i64,
+    ports: &'a [i64],
+    now: i64,
+}
+
+impl Times<'_> {
+    const NONE: Times<'static> = Times {
+        watermark: i64::MIN,
+        ports: &[],
+        now: i64::MIN,
+    };
+}
+
 /// The instance of key group `kg`, made (and told the time) if it has none yet; None if `kg` is not owned.
-#[allow(clippy::too_many_arguments)]
 fn instance<'a, I, O>(
     instances: &'a mut [Option<Box<dyn Stage<I, Out = O>>>],
     owned: &std::ops::Range<usize>,
     make: &MakeStage<I, O>,
     info: &TaskInfo,
-    watermark: i64,
-    now: i64,
+    times: Times<'_>,
     kg: usize,
     out: &mut dyn Collector<O>,
 ) -> Option<&'a mut Box<dyn Stage<I, Out = O>>> {
@@ -399,11 +427,16 @@ fn instance<'a, I, O>(
             key_group: Some(kg as u16),
             ..info.clone()
         });
-        if now != i64::MIN {
-            s.processing_time(now, out);
+        if times.now != i64::MIN {
+            s.processing_time(times.now, out);
         }
-        if watermark != i64::MIN {
-            s.watermark(watermark, out);
+        for (port, &w) in times.ports.iter().enumerate() {
+            if w != i64::MIN {
+                s.input_watermark(port, w, out);
+            }
+        }
+        if times.watermark != i64::MIN {
+            s.watermark(times.watermark, out);
         }
         *slot = Some(s);
     }
@@ -422,15 +455,18 @@ impl<I: 'static, O: Clone + Send + 'static> NodeCore for KeyedNode<I, O> {
         };
         let (instances, owned, make, info) =
             (&mut self.instances, &self.owned, &self.make, &self.info);
-        let (watermark, now) = (self.watermark, self.now);
+        let times = Times {
+            watermark: self.watermark,
+            ports: &self.port_wm,
+            now: self.now,
+        };
         let misrouted = &mut self.misrouted;
         let ok = p.each(batch, &mut |kg, ts, item| match instance(
             instances,
             owned,
             make,
             info,
-            watermark,
-            now,
+            times,
             usize::from(kg),
             &mut c,
         ) {
@@ -456,6 +492,16 @@ impl<I: 'static, O: Clone + Send + 'static> NodeCore for KeyedNode<I, O> {
         }
         self.watermark = watermark;
         self.each_instance(cx, |s, c| s.watermark(watermark, c));
+    }
+    fn input_watermark(&mut self, port: usize, watermark: i64, cx: &mut NodeCx<'_>) {
+        if self.port_wm.len() <= port {
+            self.port_wm.resize(port + 1, i64::MIN);
+        }
+        if watermark <= self.port_wm[port] {
+            return;
+        }
+        self.port_wm[port] = watermark;
+        self.each_instance(cx, |s, c| s.input_watermark(port, watermark, c));
     }
     fn processing_time(&mut self, now: i64, cx: &mut NodeCx<'_>) {
         self.now = self.now.max(now);
@@ -491,8 +537,7 @@ impl<I: 'static, O: Clone + Send + 'static> NodeCore for KeyedNode<I, O> {
             };
             let (instances, owned, make, info) =
                 (&mut self.instances, &self.owned, &self.make, &self.info);
-            if let Some(s) = instance(instances, owned, make, info, i64::MIN, i64::MIN, kg, &mut c)
-            {
+            if let Some(s) = instance(instances, owned, make, info, Times::NONE, kg, &mut c) {
                 for state in states {
                     s.restore(state)?;
                 }

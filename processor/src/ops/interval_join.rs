@@ -16,6 +16,10 @@
 //!
 //! Invariants:
 //! - `watermark` only grows; every element held has not expired;
+//! - `keys` holds, per key, both sides' elements: one lookup serves an element's probe of the other side and
+//!   its own insertion. A key whose sides have emptied stays until the next checkpoint sweeps it, so a key
+//!   that comes back soon (a bidder bidding every second, expiring every 500 ms) reuses its queues instead of
+//!   allocating and freeing them per element;
 //! - `left_at` / `right_at` list, for every element held, its timestamp and key in timestamp order (and may
 //!   hold stale entries for elements gone since), so that expiry visits only the keys that have something to
 //!   expire;
@@ -80,7 +84,28 @@ impl<T> Side<T> {
     }
 }
 
-type SideMap<K, T> = FxHashMap<K, Side<T>>;
+/// Both sides' elements of one key.
+struct Pair<L, R> {
+    left: Side<L>,
+    right: Side<R>,
+}
+
+impl<L, R> Default for Pair<L, R> {
+    fn default() -> Self {
+        Pair {
+            left: Side::default(),
+            right: Side::default(),
+        }
+    }
+}
+
+impl<L, R> Pair<L, R> {
+    fn is_empty(&self) -> bool {
+        self.left.items.is_empty() && self.right.items.is_empty()
+    }
+}
+
+type PairMap<K, L, R> = FxHashMap<K, Pair<L, R>>;
 
 /// Timestamps and keys of the elements held, in timestamp order.
 type ExpiryList<K> = VecDeque<(i64, K)>;
@@ -101,8 +126,7 @@ pub struct IntervalJoin<K, L, R, O> {
     f: IntervalJoinFn<K, L, R, O>,
     watermark: i64,
     seq: u64,
-    left: SideMap<K, L>,
-    right: SideMap<K, R>,
+    keys: PairMap<K, L, R>,
     left_at: ExpiryList<K>,
     right_at: ExpiryList<K>,
     /// Keys of one expiry timestamp (reused).
@@ -131,8 +155,7 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             f,
             watermark: i64::MIN,
             seq: 0,
-            left: SideMap::default(),
-            right: SideMap::default(),
+            keys: PairMap::default(),
             left_at: ExpiryList::new(),
             right_at: ExpiryList::new(),
             scratch: Vec::new(),
@@ -156,59 +179,65 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
     }
 
     fn add_left(&mut self, ts: i64, key: K, l: L, out: &mut dyn Collector<O>) {
+        let expired = self.left_expired(ts);
+        let pair = if expired {
+            self.keys.get_mut(&key)
+        } else {
+            Some(self.keys.entry(key.clone()).or_default())
+        };
         let mut matched = false;
-        if let Some(side) = self.right.get_mut(&key) {
+        if let Some(pair) = pair {
             // r.ts in [ts + lower, ts + upper]; saturating bounds are exact (no timestamp lies beyond them).
             let (lo, hi) = (ts.saturating_add(self.lower), ts.saturating_add(self.upper));
-            for (rts, _, r) in side.range_mut(lo, hi) {
+            for (rts, _, r) in pair.right.range_mut(lo, hi) {
                 matched = true;
                 r.matched = true;
                 out.emit(ts.max(*rts), (self.f)(&key, Some(&l), Some(&r.value)));
             }
-        }
-        if self.left_expired(ts) {
-            if !matched && self.kind.keeps_left() {
-                out.emit(ts, (self.f)(&key, Some(&l), None));
+            if !expired {
+                if pair.left.insert(ts, self.seq, Held { value: l, matched }) {
+                    self.held += 1;
+                }
+                push_expiry(&mut self.left_at, ts, key);
+                // Wrapping cannot collide in practice (2^64 elements), and must not panic on a restored
+                // counter.
+                self.seq = self.seq.wrapping_add(1);
+                return;
             }
-            return;
         }
-        push_expiry(&mut self.left_at, ts, key.clone());
-        let held = Held { value: l, matched };
-        if self.left.entry(key).or_default().insert(ts, self.seq, held) {
-            self.held += 1;
+        if !matched && self.kind.keeps_left() {
+            out.emit(ts, (self.f)(&key, Some(&l), None));
         }
-        // Wrapping cannot collide in practice (2^64 elements), and must not panic on a restored counter.
-        self.seq = self.seq.wrapping_add(1);
     }
 
     fn add_right(&mut self, ts: i64, key: K, r: R, out: &mut dyn Collector<O>) {
+        let expired = self.right_expired(ts);
+        let pair = if expired {
+            self.keys.get_mut(&key)
+        } else {
+            Some(self.keys.entry(key.clone()).or_default())
+        };
         let mut matched = false;
-        if let Some(side) = self.left.get_mut(&key) {
+        if let Some(pair) = pair {
             // l.ts in [ts - upper, ts - lower].
             let (lo, hi) = (ts.saturating_sub(self.upper), ts.saturating_sub(self.lower));
-            for (lts, _, l) in side.range_mut(lo, hi) {
+            for (lts, _, l) in pair.left.range_mut(lo, hi) {
                 matched = true;
                 l.matched = true;
                 out.emit((*lts).max(ts), (self.f)(&key, Some(&l.value), Some(&r)));
             }
-        }
-        if self.right_expired(ts) {
-            if !matched && self.kind.keeps_right() {
-                out.emit(ts, (self.f)(&key, None, Some(&r)));
+            if !expired {
+                if pair.right.insert(ts, self.seq, Held { value: r, matched }) {
+                    self.held += 1;
+                }
+                push_expiry(&mut self.right_at, ts, key);
+                self.seq = self.seq.wrapping_add(1);
+                return;
             }
-            return;
         }
-        push_expiry(&mut self.right_at, ts, key.clone());
-        let held = Held { value: r, matched };
-        if self
-            .right
-            .entry(key)
-            .or_default()
-            .insert(ts, self.seq, held)
-        {
-            self.held += 1;
+        if !matched && self.kind.keeps_right() {
+            out.emit(ts, (self.f)(&key, None, Some(&r)));
         }
-        self.seq = self.seq.wrapping_add(1);
     }
 
     fn expire(&mut self, out: &mut dyn Collector<O>) {
@@ -221,9 +250,10 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
         {
             take_bucket(&mut self.left_at, ts, &mut keys);
             for key in keys.drain(..) {
-                let Some(side) = self.left.get_mut(&key) else {
-                    continue; // stale: expired already
+                let Some(pair) = self.keys.get_mut(&key) else {
+                    continue; // stale: expired and swept already
                 };
+                let side = &mut pair.left;
                 while side.items.front().is_some_and(|e| e.0 <= ts) {
                     let Some((lts, _, l)) = side.items.pop_front() else {
                         break;
@@ -232,9 +262,6 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                     if !l.matched && self.kind.keeps_left() {
                         out.emit(lts, (self.f)(&key, Some(&l.value), None));
                     }
-                }
-                if side.items.is_empty() {
-                    self.left.remove(&key);
                 }
             }
         }
@@ -246,9 +273,10 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
         {
             take_bucket(&mut self.right_at, ts, &mut keys);
             for key in keys.drain(..) {
-                let Some(side) = self.right.get_mut(&key) else {
+                let Some(pair) = self.keys.get_mut(&key) else {
                     continue;
                 };
+                let side = &mut pair.right;
                 while side.items.front().is_some_and(|e| e.0 <= ts) {
                     let Some((rts, _, r)) = side.items.pop_front() else {
                         break;
@@ -257,9 +285,6 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                     if !r.matched && self.kind.keeps_right() {
                         out.emit(rts, (self.f)(&key, None, Some(&r.value)));
                     }
-                }
-                if side.items.is_empty() {
-                    self.right.remove(&key);
                 }
             }
         }
@@ -284,9 +309,16 @@ fn sort_keys<K: Ord>(keys: &mut Vec<K>) {
     keys.dedup();
 }
 
-fn write_sides<K: Key, T: StateCodec>(w: &mut StateWriter, sides: &SideMap<K, T>) {
-    w.u32(sides.len() as u32);
-    for (key, side) in sides {
+/// Writes one side of every key that holds elements on it (`side` picks the side).
+fn write_sides<K: Key, L, R, T: StateCodec>(
+    w: &mut StateWriter,
+    keys: &PairMap<K, L, R>,
+    side: impl Fn(&Pair<L, R>) -> &Side<T>,
+) {
+    let held = || keys.iter().filter(|(_, p)| !side(p).items.is_empty());
+    w.u32(held().count() as u32);
+    for (key, pair) in held() {
+        let side = side(pair);
         key.encode(w);
         w.u32(side.items.len() as u32);
         for (ts, seq, held) in &side.items {
@@ -298,18 +330,23 @@ fn write_sides<K: Key, T: StateCodec>(w: &mut StateWriter, sides: &SideMap<K, T>
     }
 }
 
-/// Reads what [`write_sides`] wrote, listing every element in `at`; returns how many elements it read.
-fn read_sides<K: Key, T: StateCodec>(
+/// Reads what [`write_sides`] wrote into the side `side` picks, listing every element in `at`; returns how
+/// many elements it read.
+fn read_sides<K: Key, L, R, T: StateCodec>(
     r: &mut StateReader<'_>,
     next_seq: u64,
-    sides: &mut SideMap<K, T>,
+    keys: &mut PairMap<K, L, R>,
     at: &mut ExpiryList<K>,
+    side_of: impl Fn(&mut Pair<L, R>) -> &mut Side<T>,
 ) -> Result<u64> {
     let mut n = 0;
     // A key takes at least its element count (4); an element its timestamp, sequence and flag (17).
     for _ in 0..r.count(4)? {
         let key = K::decode(r)?;
-        if sides.contains_key(&key) {
+        if keys
+            .get_mut(&key)
+            .is_some_and(|p| !side_of(p).items.is_empty())
+        {
             return Err(Error::CorruptState("interval join: a key twice".into()));
         }
         let mut side = Side::default();
@@ -337,7 +374,7 @@ fn read_sides<K: Key, T: StateCodec>(
             n += 1;
         }
         if !side.items.is_empty() {
-            sides.insert(key, side);
+            *side_of(keys.entry(key).or_default()) = side;
         }
     }
     Ok(n)
@@ -382,8 +419,10 @@ where
         w.i64(self.watermark);
         w.u64(self.seq);
         w.u64(self.late_records);
-        write_sides(&mut w, &self.left);
-        write_sides(&mut w, &self.right);
+        // Keys whose sides have emptied since the last checkpoint are dropped here (see the invariants).
+        self.keys.retain(|_, p| !p.is_empty());
+        write_sides(&mut w, &self.keys, |p| &p.left);
+        write_sides(&mut w, &self.keys, |p| &p.right);
         *state = w.buf;
     }
 
@@ -398,12 +437,15 @@ where
         self.watermark = r.i64()?;
         self.seq = r.u64()?;
         self.late_records = r.u64()?;
-        self.left.clear();
-        self.right.clear();
+        self.keys.clear();
         self.left_at.clear();
         self.right_at.clear();
-        self.held = read_sides(&mut r, self.seq, &mut self.left, &mut self.left_at)?;
-        self.held += read_sides(&mut r, self.seq, &mut self.right, &mut self.right_at)?;
+        self.held = read_sides(&mut r, self.seq, &mut self.keys, &mut self.left_at, |p| {
+            &mut p.left
+        })?;
+        self.held += read_sides(&mut r, self.seq, &mut self.keys, &mut self.right_at, |p| {
+            &mut p.right
+        })?;
         self.left_at.make_contiguous().sort_by_key(|e| e.0);
         self.right_at.make_contiguous().sort_by_key(|e| e.0);
         if !r.is_empty() {

@@ -6,18 +6,23 @@
 //! key: the later-arriving version replaces the earlier one.
 //!
 //! Watermark convention (the runtime's: after `on_watermark(w)` elements with event time `>= w` may still
-//! come, none earlier): a probe at `t` is complete once `t < w`, because every table version `<= t` has
-//! then arrived. So:
-//! - probes are buffered until the watermark passes them (`t < w`), then emitted in event-time order (equal
-//!   times in arrival order) with timestamp `t`: `f(k, l, Some(row))` when there is a row, and for a
-//!   probe without one `f(k, l, None)` with [`JoinKind::Left`], nothing with [`JoinKind::Inner`];
+//! come, none earlier): a probe at `t` is complete once every table version `<= t` has arrived, that is once
+//! the table input's own watermark passes it (`t < table_wm`, from `on_input_watermark` of port 1), and at
+//! the latest once the combined watermark does (`t < w`; it may pass first when the table's source is idle).
+//! So:
+//! - a probe that is complete when it arrives (the table is ahead of the probes, as it is when it was loaded
+//!   first or moves on steadily) is joined at once, while its bytes are still in cache; the others are
+//!   buffered until they are complete, then emitted in event-time order (equal times in arrival order). The
+//!   output has timestamp `t`: `f(k, l, Some(row))` when there is a row, and for a probe without one
+//!   `f(k, l, None)` with [`JoinKind::Left`], nothing with [`JoinKind::Inner`]. Which row a probe gets does
+//!   not depend on when it is emitted; only the order of outputs of different probes can;
 //! - a probe that arrives already behind the watermark (`t < w`) is joined at once against the versions
 //!   still held (so it may miss a version pruned since) and counted in `late_records`;
 //! - the final watermark `i64::MAX` means the end of the input: it emits every buffered probe.
 //!
 //! Invariants:
-//! - `watermark` only grows; every buffered probe has `t >= watermark` (or the watermark is `i64::MAX`,
-//!   after which nothing is buffered);
+//! - `watermark` and `table_wm` only grow; every buffered probe has `t >= watermark` and `t >= table_wm`
+//!   (or the watermark is `i64::MAX`, after which nothing is buffered);
 //! - per key, `versions` holds every version newer than the watermark plus the newest one at or before it,
 //!   which is all that a probe at `t >= watermark` can need. Older versions are pruned when the watermark
 //!   moves; a key whose only remaining version is a tombstone at or before the watermark is dropped (a
@@ -79,6 +84,8 @@ pub struct TemporalJoin<K, L, V, O> {
     kind: JoinKind,
     f: TemporalJoinFn<K, L, V, O>,
     watermark: i64,
+    /// The table input's own watermark (not saved: the runtime gives it again after a restore).
+    table_wm: i64,
     /// Per key, its versions.
     versions: KeyedState<K, Versions<V>>,
     /// Buffered probes in event-time order, ties in arrival order. Probes mostly arrive in time order, so
@@ -100,6 +107,7 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
             kind,
             f,
             watermark: i64::MIN,
+            table_wm: i64::MIN,
             versions: KeyedState::new(),
             probes: VecDeque::new(),
             prune_at: BTreeMap::new(),
@@ -111,7 +119,7 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
 
     /// Whether a probe at `t` has every table version it can join already (see the module doc).
     fn complete(&self, t: i64) -> bool {
-        t < self.watermark || self.watermark == i64::MAX
+        t < self.watermark || t < self.table_wm || self.watermark == i64::MAX
     }
 
     fn insert_version(&mut self, ts: i64, key: K, row: Option<V>) {
@@ -228,7 +236,9 @@ where
         match item {
             Either::Left((key, l)) => {
                 if self.complete(timestamp) {
-                    self.late_records += 1;
+                    if timestamp < self.watermark {
+                        self.late_records += 1;
+                    }
                     self.join(timestamp, &key, l, out);
                 } else {
                     self.buffer(timestamp, key, l);
@@ -240,6 +250,14 @@ where
                 }
                 self.insert_version(timestamp, key, row);
             }
+        }
+    }
+
+    fn on_input_watermark(&mut self, port: usize, watermark: i64, out: &mut dyn Collector<O>) {
+        // Port 1 is the table (see `two_input_node`): every version at or before it has arrived.
+        if port == 1 && watermark > self.table_wm {
+            self.table_wm = watermark;
+            self.emit_complete(out);
         }
     }
 
@@ -456,6 +474,35 @@ mod tests {
         j.process(10, row("a", Some("v")), &mut out);
         j.on_watermark(11, &mut out);
         assert_eq!(out.0, vec![(10, "a:p=v".to_string())]);
+    }
+
+    #[test]
+    fn the_table_watermark_completes_probes_before_the_combined_one() {
+        let mut j = op(JoinKind::Left);
+        let mut out = Out::default();
+        j.process(10, row("a", Some("v10")), &mut out);
+        j.process(15, probe("a", "p15"), &mut out);
+        j.process(25, probe("a", "p25"), &mut out);
+        assert!(out.0.is_empty());
+        // The table has nothing more before 20: p15 is final (v10), p25 may still see a version at 20..=25.
+        j.on_input_watermark(1, 20, &mut out);
+        assert_eq!(out.0, vec![(15, "a:p15=v10".to_string())]);
+        // The probes' own input's watermark means nothing for completeness.
+        j.on_input_watermark(0, 100, &mut out);
+        assert_eq!(out.0.len(), 1);
+        j.process(22, row("a", Some("v22")), &mut out);
+        // A probe that arrives behind the table's watermark is joined at once, and is not late.
+        j.process(18, probe("a", "p18"), &mut out);
+        assert_eq!(out.0[1], (18, "a:p18=v10".to_string()));
+        j.on_input_watermark(1, 30, &mut out);
+        assert_eq!(out.0[2], (25, "a:p25=v22".to_string()));
+        let mut m = OperatorMetrics::default();
+        j.report(&mut m);
+        assert_eq!(m.late_records, 0);
+        // The combined watermark still completes what the table's did not (an idle table source).
+        j.process(40, probe("a", "p40"), &mut out);
+        j.on_watermark(41, &mut out);
+        assert_eq!(out.0[3], (40, "a:p40=v22".to_string()));
     }
 
     #[test]
