@@ -98,7 +98,9 @@ impl<O: Clone + Send + 'static> Outbox<O> {
         for _ in 1..consumers {
             into.push(Box::new(self.items.clone()));
         }
-        into.push(Box::new(std::mem::take(&mut self.items)));
+        // The next batch is likely as large as this one: sized now, it grows without reallocating.
+        let next = Vec::with_capacity(self.items.len());
+        into.push(Box::new(std::mem::replace(&mut self.items, next)));
     }
 }
 
