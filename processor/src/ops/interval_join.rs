@@ -16,13 +16,16 @@
 //!
 //! Invariants:
 //! - `watermark` only grows; every element held has not expired;
-//! - `keys` holds, per key, both sides' elements: one lookup serves an element's probe of the other side and
-//!   its own insertion. A key whose sides have emptied stays until the next checkpoint sweeps it, so a key
-//!   that comes back soon (a bidder bidding every second, expiring every 500 ms) reuses its queues instead of
-//!   allocating and freeing them per element;
-//! - `left_at` / `right_at` list, for every element held, its timestamp and key in timestamp order (and may
-//!   hold stale entries for elements gone since), so that expiry visits only the keys that have something to
-//!   expire;
+//! - `keys` holds, per key, both sides' elements in one slot of a slab: one lookup serves an element's probe
+//!   of the other side and its own insertion. A key whose sides have emptied keeps its slot until the next
+//!   checkpoint sweeps it, so a key that comes back soon (a bidder bidding every second, expiring every
+//!   500 ms) reuses its queues instead of allocating and freeing them per element;
+//! - `left_at` / `right_at` list, for every element held, its timestamp and slot in timestamp order, so that
+//!   expiry visits only the keys that have something to expire, by slot: without hashing the key again
+//!   (whose bytes are long out of cache by then). An entry may be stale (its element gone, its slot swept or
+//!   even reused by another key): expiry at `ts` pops only elements at or before `ts`, which have expired
+//!   whoever holds them, and any such element of the slot's present key is in this bucket or an earlier one
+//!   (buckets are visited in time order), so a stale entry never changes what is emitted or in what order;
 //! - a key's side is sorted by (timestamp, arrival sequence). Sides and the expiry lists are queues with an
 //!   in-order fast path, not trees: elements mostly arrive in time order, and a key holds few elements, so
 //!   this costs no allocation per element beyond the queue's growth.
@@ -85,37 +88,104 @@ impl<T> Side<T> {
 }
 
 /// Both sides' elements of one key.
-struct Pair<L, R> {
+struct Pair<K, L, R> {
+    key: K,
     left: Side<L>,
     right: Side<R>,
 }
 
-impl<L, R> Default for Pair<L, R> {
-    fn default() -> Self {
-        Pair {
-            left: Side::default(),
-            right: Side::default(),
-        }
-    }
-}
-
-impl<L, R> Pair<L, R> {
+impl<K, L, R> Pair<K, L, R> {
     fn is_empty(&self) -> bool {
         self.left.items.is_empty() && self.right.items.is_empty()
     }
 }
 
-type PairMap<K, L, R> = FxHashMap<K, Pair<L, R>>;
+/// The keys held, each in a slot of a slab that its index points to.
+///
+/// Invariants: `index[k] == i` exactly when `slots[i]` holds key `k`; `free` lists the empty slots.
+struct Keys<K, L, R> {
+    index: FxHashMap<K, u32>,
+    slots: Vec<Option<Pair<K, L, R>>>,
+    free: Vec<u32>,
+}
 
-/// Timestamps and keys of the elements held, in timestamp order.
-type ExpiryList<K> = VecDeque<(i64, K)>;
+impl<K: Key, L, R> Keys<K, L, R> {
+    fn new() -> Self {
+        Keys {
+            index: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
+    }
 
-fn push_expiry<K>(list: &mut ExpiryList<K>, ts: i64, key: K) {
+    fn find(&self, key: &K) -> Option<u32> {
+        self.index.get(key).copied()
+    }
+
+    /// The slot of `key`, made if it has none.
+    fn find_or_insert(&mut self, key: &K) -> u32 {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let pair = Pair {
+            key: key.clone(),
+            left: Side::default(),
+            right: Side::default(),
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(pair);
+                i
+            }
+            None => {
+                self.slots.push(Some(pair));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(key.clone(), i);
+        i
+    }
+
+    fn get_mut(&mut self, i: u32) -> Option<&mut Pair<K, L, R>> {
+        self.slots.get_mut(i as usize).and_then(Option::as_mut)
+    }
+
+    fn get(&self, i: u32) -> Option<&Pair<K, L, R>> {
+        self.slots.get(i as usize).and_then(Option::as_ref)
+    }
+
+    /// Frees the slots of keys that hold nothing.
+    fn sweep(&mut self) {
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(Pair::is_empty) {
+                if let Some(p) = slot.take() {
+                    self.index.remove(&p.key);
+                }
+                self.free.push(i as u32);
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Pair<K, L, R>> {
+        self.slots.iter().flatten()
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+    }
+}
+
+/// Timestamps and slots of the elements held, in timestamp order.
+type ExpiryList = VecDeque<(i64, u32)>;
+
+fn push_expiry(list: &mut ExpiryList, ts: i64, slot: u32) {
     if list.back().is_none_or(|b| b.0 <= ts) {
-        list.push_back((ts, key));
+        list.push_back((ts, slot));
     } else {
         let at = list.partition_point(|e| e.0 <= ts);
-        list.insert(at, (ts, key));
+        list.insert(at, (ts, slot));
     }
 }
 
@@ -126,11 +196,11 @@ pub struct IntervalJoin<K, L, R, O> {
     f: IntervalJoinFn<K, L, R, O>,
     watermark: i64,
     seq: u64,
-    keys: PairMap<K, L, R>,
-    left_at: ExpiryList<K>,
-    right_at: ExpiryList<K>,
-    /// Keys of one expiry timestamp (reused).
-    scratch: Vec<K>,
+    keys: Keys<K, L, R>,
+    left_at: ExpiryList,
+    right_at: ExpiryList,
+    /// Slots of one expiry timestamp (reused).
+    scratch: Vec<u32>,
     held: u64,
     late_records: u64,
 }
@@ -155,7 +225,7 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             f,
             watermark: i64::MIN,
             seq: 0,
-            keys: PairMap::default(),
+            keys: Keys::new(),
             left_at: ExpiryList::new(),
             right_at: ExpiryList::new(),
             scratch: Vec::new(),
@@ -180,13 +250,13 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
 
     fn add_left(&mut self, ts: i64, key: K, l: L, out: &mut dyn Collector<O>) {
         let expired = self.left_expired(ts);
-        let pair = if expired {
-            self.keys.get_mut(&key)
+        let slot = if expired {
+            self.keys.find(&key)
         } else {
-            Some(self.keys.entry(key.clone()).or_default())
+            Some(self.keys.find_or_insert(&key))
         };
         let mut matched = false;
-        if let Some(pair) = pair {
+        if let Some((i, pair)) = slot.and_then(|i| Some((i, self.keys.get_mut(i)?))) {
             // r.ts in [ts + lower, ts + upper]; saturating bounds are exact (no timestamp lies beyond them).
             let (lo, hi) = (ts.saturating_add(self.lower), ts.saturating_add(self.upper));
             for (rts, _, r) in pair.right.range_mut(lo, hi) {
@@ -198,7 +268,7 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                 if pair.left.insert(ts, self.seq, Held { value: l, matched }) {
                     self.held += 1;
                 }
-                push_expiry(&mut self.left_at, ts, key);
+                push_expiry(&mut self.left_at, ts, i);
                 // Wrapping cannot collide in practice (2^64 elements), and must not panic on a restored
                 // counter.
                 self.seq = self.seq.wrapping_add(1);
@@ -212,13 +282,13 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
 
     fn add_right(&mut self, ts: i64, key: K, r: R, out: &mut dyn Collector<O>) {
         let expired = self.right_expired(ts);
-        let pair = if expired {
-            self.keys.get_mut(&key)
+        let slot = if expired {
+            self.keys.find(&key)
         } else {
-            Some(self.keys.entry(key.clone()).or_default())
+            Some(self.keys.find_or_insert(&key))
         };
         let mut matched = false;
-        if let Some(pair) = pair {
+        if let Some((i, pair)) = slot.and_then(|i| Some((i, self.keys.get_mut(i)?))) {
             // l.ts in [ts - upper, ts - lower].
             let (lo, hi) = (ts.saturating_sub(self.upper), ts.saturating_sub(self.lower));
             for (lts, _, l) in pair.left.range_mut(lo, hi) {
@@ -230,7 +300,7 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                 if pair.right.insert(ts, self.seq, Held { value: r, matched }) {
                     self.held += 1;
                 }
-                push_expiry(&mut self.right_at, ts, key);
+                push_expiry(&mut self.right_at, ts, i);
                 self.seq = self.seq.wrapping_add(1);
                 return;
             }
@@ -241,17 +311,19 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
     }
 
     fn expire(&mut self, out: &mut dyn Collector<O>) {
-        let mut keys = std::mem::take(&mut self.scratch);
+        let mut slots = std::mem::take(&mut self.scratch);
+        // Unmatched elements are emitted at expiry only by outer kinds; they order a bucket by key.
+        let by_key = self.kind.keeps_left() || self.kind.keeps_right();
         while let Some(ts) = self
             .left_at
             .front()
             .map(|e| e.0)
             .filter(|t| self.left_expired(*t))
         {
-            take_bucket(&mut self.left_at, ts, &mut keys);
-            for key in keys.drain(..) {
-                let Some(pair) = self.keys.get_mut(&key) else {
-                    continue; // stale: expired and swept already
+            take_bucket(&mut self.left_at, ts, &mut slots, &self.keys, by_key);
+            for i in slots.drain(..) {
+                let Some(pair) = self.keys.get_mut(i) else {
+                    continue; // stale: swept already
                 };
                 let side = &mut pair.left;
                 while side.items.front().is_some_and(|e| e.0 <= ts) {
@@ -260,7 +332,7 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                     };
                     self.held -= 1;
                     if !l.matched && self.kind.keeps_left() {
-                        out.emit(lts, (self.f)(&key, Some(&l.value), None));
+                        out.emit(lts, (self.f)(&pair.key, Some(&l.value), None));
                     }
                 }
             }
@@ -271,9 +343,9 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             .map(|e| e.0)
             .filter(|t| self.right_expired(*t))
         {
-            take_bucket(&mut self.right_at, ts, &mut keys);
-            for key in keys.drain(..) {
-                let Some(pair) = self.keys.get_mut(&key) else {
+            take_bucket(&mut self.right_at, ts, &mut slots, &self.keys, by_key);
+            for i in slots.drain(..) {
+                let Some(pair) = self.keys.get_mut(i) else {
                     continue;
                 };
                 let side = &mut pair.right;
@@ -283,43 +355,53 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                     };
                     self.held -= 1;
                     if !r.matched && self.kind.keeps_right() {
-                        out.emit(rts, (self.f)(&key, None, Some(&r.value)));
+                        out.emit(rts, (self.f)(&pair.key, None, Some(&r.value)));
                     }
                 }
             }
         }
-        self.scratch = keys;
+        self.scratch = slots;
     }
 }
 
-/// Moves the keys of every entry at `ts` (the front ones) into `keys`, sorted and without repeats.
-fn take_bucket<K: Ord>(list: &mut ExpiryList<K>, ts: i64, keys: &mut Vec<K>) {
+/// Moves the slots of every entry at `ts` (the front ones) into `slots`, without repeats, ordered by key when
+/// `by_key` (so that the unmatched elements outer kinds emit come out in the same order on every run,
+/// restored or not: slots are handed out in arrival order, which a restore does not keep).
+fn take_bucket<K: Key, L, R>(
+    list: &mut ExpiryList,
+    ts: i64,
+    slots: &mut Vec<u32>,
+    keys: &Keys<K, L, R>,
+    by_key: bool,
+) {
     while list.front().is_some_and(|e| e.0 == ts) {
-        if let Some((_, k)) = list.pop_front() {
-            keys.push(k);
+        if let Some((_, i)) = list.pop_front() {
+            slots.push(i);
         }
     }
-    sort_keys(keys);
-}
-
-/// Orders the keys of one expiry bucket, so that expiries come out in the same order on every run, restored
-/// or not (a restore rebuilds the buckets in hash order).
-fn sort_keys<K: Ord>(keys: &mut Vec<K>) {
-    keys.sort_unstable();
-    keys.dedup();
+    slots.sort_unstable();
+    slots.dedup();
+    if by_key && slots.len() > 1 {
+        // A swept slot has no key; it is skipped by the caller, wherever it sorts.
+        slots.sort_by(|a, b| {
+            keys.get(*a)
+                .map(|p| &p.key)
+                .cmp(&keys.get(*b).map(|p| &p.key))
+        });
+    }
 }
 
 /// Writes one side of every key that holds elements on it (`side` picks the side).
 fn write_sides<K: Key, L, R, T: StateCodec>(
     w: &mut StateWriter,
-    keys: &PairMap<K, L, R>,
-    side: impl Fn(&Pair<L, R>) -> &Side<T>,
+    keys: &Keys<K, L, R>,
+    side: impl Fn(&Pair<K, L, R>) -> &Side<T>,
 ) {
-    let held = || keys.iter().filter(|(_, p)| !side(p).items.is_empty());
+    let held = || keys.iter().filter(|p| !side(p).items.is_empty());
     w.u32(held().count() as u32);
-    for (key, pair) in held() {
+    for pair in held() {
         let side = side(pair);
-        key.encode(w);
+        pair.key.encode(w);
         w.u32(side.items.len() as u32);
         for (ts, seq, held) in &side.items {
             w.i64(*ts);
@@ -330,26 +412,27 @@ fn write_sides<K: Key, L, R, T: StateCodec>(
     }
 }
 
-/// Reads what [`write_sides`] wrote into the side `side` picks, listing every element in `at`; returns how
-/// many elements it read.
+/// Reads what [`write_sides`] wrote into the side `side_of` picks, listing every element in `at`; returns
+/// how many elements it read.
 fn read_sides<K: Key, L, R, T: StateCodec>(
     r: &mut StateReader<'_>,
     next_seq: u64,
-    keys: &mut PairMap<K, L, R>,
-    at: &mut ExpiryList<K>,
-    side_of: impl Fn(&mut Pair<L, R>) -> &mut Side<T>,
+    keys: &mut Keys<K, L, R>,
+    at: &mut ExpiryList,
+    side_of: impl Fn(&mut Pair<K, L, R>) -> &mut Side<T>,
 ) -> Result<u64> {
     let mut n = 0;
     // A key takes at least its element count (4); an element its timestamp, sequence and flag (17).
     for _ in 0..r.count(4)? {
         let key = K::decode(r)?;
-        if keys
-            .get_mut(&key)
-            .is_some_and(|p| !side_of(p).items.is_empty())
-        {
+        let i = keys.find_or_insert(&key);
+        let Some(pair) = keys.get_mut(i) else {
+            return Err(Error::CorruptState("interval join: a lost slot".into()));
+        };
+        let side = side_of(pair);
+        if !side.items.is_empty() {
             return Err(Error::CorruptState("interval join: a key twice".into()));
         }
-        let mut side = Side::default();
         for _ in 0..r.count(17)? {
             let ts = r.i64()?;
             let seq = r.u64()?;
@@ -370,11 +453,8 @@ fn read_sides<K: Key, L, R, T: StateCodec>(
                 ));
             }
             // Sorted once all are read (inserting in order here would be quadratic).
-            at.push_back((ts, key.clone()));
+            at.push_back((ts, i));
             n += 1;
-        }
-        if !side.items.is_empty() {
-            *side_of(keys.entry(key).or_default()) = side;
         }
     }
     Ok(n)
@@ -420,7 +500,7 @@ where
         w.u64(self.seq);
         w.u64(self.late_records);
         // Keys whose sides have emptied since the last checkpoint are dropped here (see the invariants).
-        self.keys.retain(|_, p| !p.is_empty());
+        self.keys.sweep();
         write_sides(&mut w, &self.keys, |p| &p.left);
         write_sides(&mut w, &self.keys, |p| &p.right);
         *state = w.buf;
