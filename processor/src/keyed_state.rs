@@ -505,6 +505,48 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         self.slot_mut(key.clone()).value = None;
     }
 
+    /// Takes the value of `key` out, deleting the key (as [`KeyedState::remove`] does).
+    pub fn take(&mut self, key: &K) -> Option<V> {
+        self.load(key);
+        if self.map.get(key).is_none_or(|s| s.value.is_none()) {
+            return None;
+        }
+        if self.bound.is_none() {
+            let v = self.map.remove(key).and_then(|s| s.value);
+            self.recount();
+            return v;
+        }
+        self.slot_mut(key.clone()).value.take()
+    }
+
+    /// Calls `f` with every key that has a value: the resident ones and, on the disk backend, those only the
+    /// store holds (a resident entry, deleted or not, is newer than the store's). Reads the key group's whole
+    /// part of the store on the disk backend: for rebuilding an index at a restore, not for a running step.
+    pub fn for_each_key(&self, mut f: impl FnMut(&K)) -> Result<()> {
+        for (k, slot) in &self.map {
+            if slot.value.is_some() {
+                f(k);
+            }
+        }
+        let Some(b) = self.bound.as_ref().filter(|b| b.disk) else {
+            return Ok(());
+        };
+        let mut bad = None;
+        b.handle.store.scan_prefix(&b.prefix, |kb, _| {
+            match K::decode(&mut StateReader::new(kb)) {
+                Ok(k) if !self.map.contains_key(&k) => f(&k),
+                Ok(_) => {}
+                Err(e) => {
+                    bad.get_or_insert(e);
+                }
+            }
+        })?;
+        match bad {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Entries resident in memory (on the disk backend, not all the state has).
     pub fn resident(&self) -> usize {
         self.map.values().filter(|s| s.value.is_some()).count()

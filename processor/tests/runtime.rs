@@ -408,6 +408,89 @@ fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescali
     assert!(dir.path().join(".pipelines/tally/MANIFEST").exists());
 }
 
+/// A tumbling window over 60,000 keys: once every key has an accumulator, a checkpoint after 1% of them
+/// changed writes about 1% of the state; a restart at another parallelism keeps every accumulator of the
+/// open window, which then fires with exact counts. On both backends (the disk one under a 1 MiB budget).
+fn windows_checkpoint_only_the_accumulators_that_changed(
+    backend: millrace_processor::keyed_state::BackendKind,
+) {
+    let (_dir, _logs, host, rt) = setup();
+    let make = |parallelism| {
+        Pipeline::new("win")
+            .checkpoint_interval(Duration::from_millis(200))
+            .state_backend(backend)
+            .state_memory_budget(1 << 20)
+            .parallelism(parallelism)
+            .source("in")
+            .key_by(|m: &Message| m.key.clone().unwrap_or_default())
+            .window(Window::tumbling(Duration::from_secs(1_000)))
+            .late_topic("late")
+            .aggregate(Count)
+            .sink_with_partitions("out", Some(2), |r| {
+                OutRecord::new(Some(r.key), Some(Bytes::from(r.value.to_string())), 0)
+            })
+            .unwrap()
+    };
+    let input = host.topic("in", Some(2)).unwrap();
+    let keys: Vec<String> = (0..60_000).map(|i| format!("key-{i:06}")).collect();
+    for (p, chunk) in keys.chunks(30_000).enumerate() {
+        for c in chunk.chunks(5_000) {
+            let recs: Vec<(&str, i64)> = c.iter().map(|k| (k.as_str(), 1)).collect();
+            append(&input[p], &recs);
+        }
+    }
+    let p = start(&make(2), host.clone(), rt.handle().clone()).unwrap();
+    wait_for("every key", || p.metrics().records_read == 60_000);
+    let load = p.stop().unwrap();
+    assert!(
+        load.state_change_bytes > 60_000 * 8,
+        "the load's accumulators went to the state store: {load:?}"
+    );
+
+    let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
+    let again: Vec<(&str, i64)> = keys.iter().step_by(100).map(|k| (k.as_str(), 2)).collect();
+    append(&input[0], &again);
+    wait_for("the update", || {
+        p.metrics().records_read == again.len() as u64
+    });
+    let m = p.stop().unwrap();
+    assert!(
+        m.state_change_bytes > 0 && m.state_change_bytes * 20 < load.state_change_bytes,
+        "checkpoints after 1% of the keys changed wrote {} bytes of changes; the load wrote {}",
+        m.state_change_bytes,
+        load.state_change_bytes
+    );
+
+    // Past the window's end: it fires, after a restart at yet another parallelism.
+    let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
+    append(&input[1], &[("closer", 5_000_000)]);
+    let out = host.topic("out", Some(2)).unwrap();
+    wait_for("the window's results", || {
+        out.iter().map(|l| l.log_end_offset()).sum::<i64>() >= 60_000
+    });
+    p.stop().unwrap();
+    let c = latest(&out);
+    assert_eq!(c.len(), 60_000);
+    for (i, k) in keys.iter().enumerate() {
+        let want = if i % 100 == 0 { 2 } else { 1 };
+        assert_eq!(c.get(k), Some(&want), "{k}");
+    }
+}
+
+#[test]
+fn window_checkpoints_are_incremental_on_the_memory_backend() {
+    windows_checkpoint_only_the_accumulators_that_changed(
+        millrace_processor::keyed_state::BackendKind::Memory,
+    );
+}
+
+#[test]
+fn window_checkpoints_are_incremental_on_the_disk_backend() {
+    windows_checkpoint_only_the_accumulators_that_changed(
+        millrace_processor::keyed_state::BackendKind::Disk,
+    );
+}
+
 /// 20 M keys of state on the disk backend under a 256 MiB budget: the load stays within the budget, a round
 /// changing 1% of the keys writes about 1% of what the load wrote, and after a restart every key counts on.
 /// Minutes in a release build, so not in the default run:

@@ -6,22 +6,32 @@
 //! elements). One operator type serves every window kind, so that a pipeline's window step is the same
 //! operator (and snapshot) whatever its shape.
 //!
+//! Fixed windows' accumulators are [`KeyedState`] under (window end, key): a checkpoint writes the ones that
+//! changed since the last, and on the disk backend they may be more than memory holds. `fixed_keys` lists the
+//! keys of every open window, so that a window that closes is emitted without a pass over all the state; it
+//! is derived (rebuilt from the state at a restore, never written). Sessions, sliding and global windows are
+//! snapshotted whole.
+//!
 //! Invariants:
 //! - every window held is still open: `end + lateness > watermark`;
 //! - `watermark` only grows; a window is emitted exactly once, when it closes, and then forgotten;
+//! - `fixed` holds an accumulator for (end, key) exactly when `fixed_keys[end]` lists `key` (once), and
+//!   `fixed_count` is how many there are;
 //! - `session_ends` lists, for every open session, its end and key (it may also hold stale entries for sessions
 //!   that merged or closed: they are skipped when popped).
 //!
 //! An element is late when every window it belongs to has closed. With hopping windows an element can be late
 //! for some of its windows only: it is added to the open ones and counted in `partially_late`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::aggregate::Aggregator;
 use crate::error::{Error, Result};
+use crate::keyed_state::KeyedState;
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Collector, Operator};
+use crate::operator::{Collector, Operator, TaskInfo};
 use crate::record::{OutRecord, WindowResult};
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
 use crate::window::Window;
@@ -31,6 +41,42 @@ use super::sliding_window::{Admit, SlidingWindows};
 
 /// Turns a late element back into the record written to the late topic.
 pub type LateFn<K, T> = Arc<dyn Fn(&K, &T, i64) -> OutRecord + Send + Sync>;
+
+/// The state key of a fixed window's accumulator: the window's end, then the key (so a window's entries
+/// share a prefix in the store).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WinKey<K> {
+    end: i64,
+    key: K,
+}
+
+impl<K: Key> StateCodec for WinKey<K> {
+    fn encode(&self, w: &mut StateWriter) {
+        w.i64(self.end);
+        self.key.encode(w);
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        Ok(WinKey {
+            end: r.i64()?,
+            key: K::decode(r)?,
+        })
+    }
+}
+
+impl<K: Key> Key for WinKey<K> {
+    fn key_bytes(&self) -> Cow<'_, [u8]> {
+        self.key.key_bytes()
+    }
+    fn to_stored(&self) -> Self {
+        WinKey {
+            end: self.end,
+            key: self.key.to_stored(),
+        }
+    }
+}
+
+/// Version 3 keeps fixed windows in keyed state; versions 1 and 2 (everything in the snapshot) are still read.
+const STATE_VERSION: u8 = 3;
 
 struct Session<A> {
     start: i64,
@@ -44,8 +90,11 @@ pub struct WindowAggregate<K, T, A: Aggregator<T>> {
     agg: Arc<A>,
     late: LateFn<K, T>,
     watermark: i64,
-    /// Fixed (tumbling, hopping, cumulative) windows by end.
-    fixed: BTreeMap<i64, HashMap<K, A::Acc>>,
+    /// Fixed (tumbling, hopping, cumulative) windows' accumulators.
+    fixed: KeyedState<WinKey<K>, A::Acc>,
+    /// The keys of each open fixed window, by end.
+    fixed_keys: BTreeMap<i64, Vec<K>>,
+    fixed_count: usize,
     sessions: HashMap<K, Vec<Session<A::Acc>>>,
     session_ends: BTreeMap<i64, Vec<K>>,
     sliding: SlidingWindows<K, A::Acc>,
@@ -72,7 +121,9 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
             agg,
             late,
             watermark: i64::MIN,
-            fixed: BTreeMap::new(),
+            fixed: KeyedState::new(),
+            fixed_keys: BTreeMap::new(),
+            fixed_count: 0,
             sessions: HashMap::new(),
             session_ends: BTreeMap::new(),
             sliding: SlidingWindows::new(diff, lateness),
@@ -97,13 +148,22 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
                 continue;
             }
             open += 1;
-            let per_key = self.fixed.entry(end).or_default();
-            match per_key.get_mut(key) {
+            let wk = WinKey {
+                end,
+                key: key.clone(),
+            };
+            match self.fixed.get_mut(&wk) {
                 Some(acc) => self.agg.add(acc, item),
                 None => {
                     let mut acc = self.agg.init();
                     self.agg.add(&mut acc, item);
-                    per_key.insert(key.to_stored(), acc);
+                    // The state stores a new key detached from its read buffer; so does the index.
+                    self.fixed.put(wk, acc);
+                    self.fixed_keys
+                        .entry(end)
+                        .or_default()
+                        .push(key.to_stored());
+                    self.fixed_count += 1;
                 }
             }
         }
@@ -154,18 +214,23 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
     }
 
     fn fire(&mut self, out: &mut dyn Collector<WindowResult<K, A::Out>>) {
-        while let Some((&end, _)) = self.fixed.first_key_value() {
+        while let Some((&end, _)) = self.fixed_keys.first_key_value() {
             if !self.closed(end) {
                 break;
             }
-            let Some((_, per_key)) = self.fixed.pop_first() else {
+            let Some((_, mut keys)) = self.fixed_keys.pop_first() else {
                 break;
             };
             // Sorted, so that results come out in the same order on every run (and in the test driver).
-            let mut entries: Vec<(K, A::Acc)> = per_key.into_iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (key, acc) in entries {
-                let r = self.result(key, self.window.fixed_start(end), end, &acc);
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                let wk = WinKey { end, key };
+                let Some(acc) = self.fixed.take(&wk) else {
+                    continue; // only if the state store failed, which fails the pipeline
+                };
+                self.fixed_count = self.fixed_count.saturating_sub(1);
+                let r = self.result(wk.key, self.window.fixed_start(end), end, &acc);
                 out.emit(end.saturating_sub(1), r);
             }
         }
@@ -207,14 +272,32 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
     }
 
     fn state_entries(&self) -> u64 {
-        let fixed: usize = self.fixed.values().map(HashMap::len).sum();
         let sessions: usize = self.sessions.values().map(Vec::len).sum();
-        (fixed + sessions + self.sliding.entries() + self.global.entries()) as u64
+        (self.fixed_count + sessions + self.sliding.entries() + self.global.entries()) as u64
+    }
+
+    /// Lists every fixed window's keys again from the state (after it was loaded or restored).
+    fn rebuild_fixed_keys(&mut self) -> Result<()> {
+        let mut index: BTreeMap<i64, Vec<K>> = BTreeMap::new();
+        let mut n = 0;
+        self.fixed.for_each_key(|wk| {
+            index.entry(wk.end).or_default().push(wk.key.clone());
+            n += 1;
+        })?;
+        self.fixed_keys = index;
+        self.fixed_count = n;
+        Ok(())
     }
 }
 
 impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, T, A> {
     type Out = WindowResult<K, A::Out>;
+
+    fn on_start(&mut self, task: &TaskInfo) {
+        self.fixed.bind(task);
+        // A failed read of the store is recorded by the backend, which fails the pipeline.
+        let _ = self.rebuild_fixed_keys();
+    }
 
     fn process(&mut self, timestamp: i64, (key, item): (K, T), out: &mut dyn Collector<Self::Out>) {
         let accepted = match self.window {
@@ -271,20 +354,15 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         let mut w = StateWriter {
             buf: std::mem::take(state),
         };
-        // Format version 2: version 1 (fixed windows and sessions), then sliding and global windows.
-        w.u8(2);
+        // Version 3: the counters, fixed windows as keyed state (a bound state stages its changes and writes
+        // nothing here), sessions, then sliding and global windows.
+        w.u8(STATE_VERSION);
         w.i64(self.watermark);
         w.u64(self.late_records);
         w.u64(self.partially_late);
-        w.u32(self.fixed.len() as u32);
-        for (end, per_key) in &self.fixed {
-            w.i64(*end);
-            w.u32(per_key.len() as u32);
-            for (k, acc) in per_key {
-                k.encode(&mut w);
-                acc.encode(&mut w);
-            }
-        }
+        let mut fixed = Vec::new();
+        self.fixed.checkpoint(&mut fixed);
+        w.bytes(&fixed);
         w.u32(self.sessions.len() as u32);
         for (k, sessions) in &self.sessions {
             k.encode(&mut w);
@@ -303,7 +381,7 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
         let mut r = StateReader::new(state);
         let version = r.u8()?;
-        if version != 1 && version != 2 {
+        if !(1..=STATE_VERSION).contains(&version) {
             return Err(Error::CorruptState(format!(
                 "window state version {version}"
             )));
@@ -311,20 +389,22 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         self.watermark = r.i64()?;
         self.late_records = r.u64()?;
         self.partially_late = r.u64()?;
-        self.fixed.clear();
         self.sessions.clear();
         self.session_ends.clear();
-        for _ in 0..r.count(12)? {
-            let end = r.i64()?;
-            let n = r.count(1)?;
-            let mut per_key = HashMap::with_capacity(n);
-            for _ in 0..n {
-                let k = K::decode(&mut r)?;
-                let acc = A::Acc::decode(&mut r)?;
-                per_key.insert(k, acc);
+        if version >= 3 {
+            self.fixed.restore(r.bytes()?)?;
+        } else {
+            // Every accumulator in the snapshot: put into the state (into the store at the next checkpoint).
+            for _ in 0..r.count(12)? {
+                let end = r.i64()?;
+                for _ in 0..r.count(1)? {
+                    let key = K::decode(&mut r)?;
+                    let acc = A::Acc::decode(&mut r)?;
+                    self.fixed.put(WinKey { end, key }, acc);
+                }
             }
-            self.fixed.insert(end, per_key);
         }
+        self.rebuild_fixed_keys()?;
         for _ in 0..r.count(5)? {
             let k = K::decode(&mut r)?;
             let n = r.count(16)?;
