@@ -472,10 +472,27 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
     /// The value of `key` for changing in place, if there is one (it counts as changed).
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.load(key);
-        if self.map.get(key).is_none_or(|s| s.value.is_none()) {
-            return None;
+        let d = self.dirty_entry_bytes();
+        let KeyedState {
+            map,
+            dirty,
+            bound,
+            dirty_counted,
+            ..
+        } = self;
+        // One lookup. A newly changed key is listed as a stored copy (`key` may share a read buffer), made
+        // once per key and checkpoint, not per call.
+        let slot = map.get_mut(key)?;
+        slot.value.as_ref()?;
+        if let Some(b) = bound {
+            if slot.tag != DIRTY {
+                slot.tag = DIRTY;
+                dirty.push(key.to_stored());
+                *dirty_counted += d;
+                b.handle.dirty.fetch_add(d, Ordering::Relaxed);
+            }
         }
-        self.slot_mut(key.clone()).value.as_mut()
+        slot.value.as_mut()
     }
 
     /// The value of `key` for changing, made by `init` if there is none.
@@ -505,36 +522,24 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         self.slot_mut(key.clone()).value = None;
     }
 
-    /// Takes the value of `key` out, deleting the key (as [`KeyedState::remove`] does).
-    pub fn take(&mut self, key: &K) -> Option<V> {
-        self.load(key);
-        if self.map.get(key).is_none_or(|s| s.value.is_none()) {
-            return None;
-        }
-        if self.bound.is_none() {
-            let v = self.map.remove(key).and_then(|s| s.value);
-            self.recount();
-            return v;
-        }
-        self.slot_mut(key.clone()).value.take()
-    }
-
-    /// Calls `f` with every key that has a value: the resident ones and, on the disk backend, those only the
-    /// store holds (a resident entry, deleted or not, is newer than the store's). Reads the key group's whole
-    /// part of the store on the disk backend: for rebuilding an index at a restore, not for a running step.
-    pub fn for_each_key(&self, mut f: impl FnMut(&K)) -> Result<()> {
+    /// Calls `f` with every entry: the resident ones and, on the disk backend, those only the store holds (a
+    /// resident entry, deleted or not, is newer than the store's). Reads the key group's whole part of the
+    /// store on the disk backend: for rebuilding an index at a restore, not for a running step.
+    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) -> Result<()> {
         for (k, slot) in &self.map {
-            if slot.value.is_some() {
-                f(k);
+            if let Some(v) = &slot.value {
+                f(k, v);
             }
         }
         let Some(b) = self.bound.as_ref().filter(|b| b.disk) else {
             return Ok(());
         };
         let mut bad = None;
-        b.handle.store.scan_prefix(&b.prefix, |kb, _| {
-            match K::decode(&mut StateReader::new(kb)) {
-                Ok(k) if !self.map.contains_key(&k) => f(&k),
+        b.handle.store.scan_prefix(&b.prefix, |kb, vb| {
+            let decoded = K::decode(&mut StateReader::new(kb))
+                .and_then(|k| Ok((k, V::decode(&mut StateReader::new(vb))?)));
+            match decoded {
+                Ok((k, v)) if !self.map.contains_key(&k) => f(&k, &v),
                 Ok(_) => {}
                 Err(e) => {
                     bad.get_or_insert(e);

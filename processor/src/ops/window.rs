@@ -6,26 +6,28 @@
 //! elements). One operator type serves every window kind, so that a pipeline's window step is the same
 //! operator (and snapshot) whatever its shape.
 //!
-//! Fixed windows' accumulators are [`KeyedState`] under (window end, key): a checkpoint writes the ones that
-//! changed since the last, and on the disk backend they may be more than memory holds. `fixed_keys` lists the
-//! keys of every open window, so that a window that closes is emitted without a pass over all the state; it
-//! is derived (rebuilt from the state at a restore, never written). Sessions, sliding and global windows are
-//! snapshotted whole.
+//! Fixed windows' accumulators are [`KeyedState`]: per key, the open windows it has an accumulator in (one
+//! entry per key, not per window: an element costs one lookup however many windows it falls in, and the map
+//! stays as small as the key count). A checkpoint writes the keys whose accumulators changed since the last,
+//! and on the disk backend they may be more than memory holds. `fixed_keys` lists the keys of every open
+//! window, so that a window that closes is emitted without a pass over all the state; it is derived (rebuilt
+//! from the state at a restore, never written). Sessions, sliding and global windows are snapshotted whole.
 //!
 //! Invariants:
 //! - every window held is still open: `end + lateness > watermark`;
 //! - `watermark` only grows; a window is emitted exactly once, when it closes, and then forgotten;
-//! - `fixed` holds an accumulator for (end, key) exactly when `fixed_keys[end]` lists `key` (once), and
-//!   `fixed_count` is how many there are;
+//! - `fixed[key]` holds an accumulator for window `end` exactly when `fixed_keys[end]` lists `key` (once),
+//!   and `fixed_count` is how many accumulators there are; a key's panes are sorted by end and never empty;
 //! - `session_ends` lists, for every open session, its end and key (it may also hold stale entries for sessions
 //!   that merged or closed: they are skipped when popped).
 //!
 //! An element is late when every window it belongs to has closed. With hopping windows an element can be late
 //! for some of its windows only: it is added to the open ones and counted in `partially_late`.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::aggregate::Aggregator;
 use crate::error::{Error, Result};
@@ -42,36 +44,37 @@ use super::sliding_window::{Admit, SlidingWindows};
 /// Turns a late element back into the record written to the late topic.
 pub type LateFn<K, T> = Arc<dyn Fn(&K, &T, i64) -> OutRecord + Send + Sync>;
 
-/// The state key of a fixed window's accumulator: the window's end, then the key (so a window's entries
-/// share a prefix in the store).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WinKey<K> {
-    end: i64,
-    key: K,
+/// One key's fixed-window accumulators: (window end, accumulator), sorted by end. A tumbling window has one
+/// open at a time (two around a boundary with allowed lateness), kept inline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Panes<A>(SmallVec<[(i64, A); 2]>);
+
+impl<A> Default for Panes<A> {
+    fn default() -> Self {
+        Panes(SmallVec::new())
+    }
 }
 
-impl<K: Key> StateCodec for WinKey<K> {
+impl<A: StateCodec> StateCodec for Panes<A> {
     fn encode(&self, w: &mut StateWriter) {
-        w.i64(self.end);
-        self.key.encode(w);
+        w.u32(self.0.len() as u32);
+        for (end, acc) in &self.0 {
+            w.i64(*end);
+            acc.encode(w);
+        }
     }
     fn decode(r: &mut StateReader<'_>) -> Result<Self> {
-        Ok(WinKey {
-            end: r.i64()?,
-            key: K::decode(r)?,
-        })
-    }
-}
-
-impl<K: Key> Key for WinKey<K> {
-    fn key_bytes(&self) -> Cow<'_, [u8]> {
-        self.key.key_bytes()
-    }
-    fn to_stored(&self) -> Self {
-        WinKey {
-            end: self.end,
-            key: self.key.to_stored(),
+        let mut p = Panes::default();
+        // A pane takes its end (8 bytes) and an accumulator.
+        for _ in 0..r.count(8)? {
+            let end = r.i64()?;
+            let acc = A::decode(r)?;
+            if p.0.last().is_some_and(|l| l.0 >= end) {
+                return Err(Error::CorruptState("window panes out of order".into()));
+            }
+            p.0.push((end, acc));
         }
+        Ok(p)
     }
 }
 
@@ -91,7 +94,7 @@ pub struct WindowAggregate<K, T, A: Aggregator<T>> {
     late: LateFn<K, T>,
     watermark: i64,
     /// Fixed (tumbling, hopping, cumulative) windows' accumulators.
-    fixed: KeyedState<WinKey<K>, A::Acc>,
+    fixed: KeyedState<K, Panes<A::Acc>>,
     /// The keys of each open fixed window, by end.
     fixed_keys: BTreeMap<i64, Vec<K>>,
     fixed_count: usize,
@@ -142,32 +145,41 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
         let mut windows = std::mem::take(&mut self.scratch);
         windows.clear();
         self.window.assign(ts, |s, e| windows.push((s, e)));
-        let mut open = 0;
-        for &(_, end) in &windows {
-            if self.closed(end) {
-                continue;
-            }
-            open += 1;
-            let wk = WinKey {
-                end,
-                key: key.clone(),
-            };
-            match self.fixed.get_mut(&wk) {
-                Some(acc) => self.agg.add(acc, item),
-                None => {
-                    let mut acc = self.agg.init();
-                    self.agg.add(&mut acc, item);
-                    // The state stores a new key detached from its read buffer; so does the index.
-                    self.fixed.put(wk, acc);
-                    self.fixed_keys
-                        .entry(end)
-                        .or_default()
-                        .push(key.to_stored());
-                    self.fixed_count += 1;
+        let all = windows.len();
+        windows.retain(|&(_, end)| !self.closed(end));
+        let open = windows.len();
+        if open > 0 {
+            let (agg, index) = (&*self.agg, &mut self.fixed_keys);
+            let mut add = |panes: &mut Panes<A::Acc>| {
+                let mut new = 0;
+                for &(_, end) in &windows {
+                    let at = panes.0.partition_point(|p| p.0 < end);
+                    match panes.0.get_mut(at) {
+                        Some(p) if p.0 == end => agg.add(&mut p.1, item),
+                        _ => {
+                            let mut acc = agg.init();
+                            agg.add(&mut acc, item);
+                            panes.0.insert(at, (end, acc));
+                            // Detached from the read buffer, as the state stores a new key.
+                            index.entry(end).or_default().push(key.to_stored());
+                            new += 1;
+                        }
+                    }
                 }
-            }
+                new
+            };
+            let new = match self.fixed.get_mut(key) {
+                Some(panes) => add(panes),
+                None => {
+                    let mut panes = Panes::default();
+                    let new = add(&mut panes);
+                    self.fixed.put(key.clone(), panes);
+                    new
+                }
+            };
+            self.fixed_count += new;
         }
-        if open > 0 && open < windows.len() {
+        if open > 0 && open < all {
             self.partially_late += 1;
         }
         self.scratch = windows;
@@ -225,12 +237,18 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
             keys.sort_unstable();
             keys.dedup();
             for key in keys {
-                let wk = WinKey { end, key };
-                let Some(acc) = self.fixed.take(&wk) else {
+                let Some(panes) = self.fixed.get_mut(&key) else {
                     continue; // only if the state store failed, which fails the pipeline
                 };
+                let Some(at) = panes.0.iter().position(|p| p.0 == end) else {
+                    continue;
+                };
+                let (_, acc) = panes.0.remove(at);
+                if panes.0.is_empty() {
+                    self.fixed.remove(&key);
+                }
                 self.fixed_count = self.fixed_count.saturating_sub(1);
-                let r = self.result(wk.key, self.window.fixed_start(end), end, &acc);
+                let r = self.result(key, self.window.fixed_start(end), end, &acc);
                 out.emit(end.saturating_sub(1), r);
             }
         }
@@ -280,9 +298,11 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
     fn rebuild_fixed_keys(&mut self) -> Result<()> {
         let mut index: BTreeMap<i64, Vec<K>> = BTreeMap::new();
         let mut n = 0;
-        self.fixed.for_each_key(|wk| {
-            index.entry(wk.end).or_default().push(wk.key.clone());
-            n += 1;
+        self.fixed.for_each(|key, panes| {
+            for (end, _) in &panes.0 {
+                index.entry(*end).or_default().push(key.clone());
+                n += 1;
+            }
         })?;
         self.fixed_keys = index;
         self.fixed_count = n;
@@ -395,13 +415,21 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
             self.fixed.restore(r.bytes()?)?;
         } else {
             // Every accumulator in the snapshot: put into the state (into the store at the next checkpoint).
+            let mut all: BTreeMap<K, Panes<A::Acc>> = BTreeMap::new();
             for _ in 0..r.count(12)? {
                 let end = r.i64()?;
                 for _ in 0..r.count(1)? {
                     let key = K::decode(&mut r)?;
                     let acc = A::Acc::decode(&mut r)?;
-                    self.fixed.put(WinKey { end, key }, acc);
+                    let panes = all.entry(key).or_default();
+                    if panes.0.last().is_some_and(|l| l.0 >= end) {
+                        return Err(Error::CorruptState("window ends out of order".into()));
+                    }
+                    panes.0.push((end, acc));
                 }
+            }
+            for (key, panes) in all {
+                self.fixed.put(key, panes);
             }
         }
         self.rebuild_fixed_keys()?;
