@@ -260,13 +260,24 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
     /// Binds the state to its task's backend, under the operator's id and key group. A state of a step that
     /// is not keyed (no key group), or without a backend, stays unbound.
     pub fn bind(&mut self, task: &TaskInfo) {
+        self.bind_as(task, &task.operator);
+    }
+
+    /// [`KeyedState::bind`] for an operator's second (third...) keyed state: `name` tells it from the
+    /// operator's first one in the store. The store key of a state is prefixed with its name's length, so
+    /// `"<operator>\u{1f}sessions"` and `"<operator>"` never share a prefix.
+    pub fn bind_named(&mut self, task: &TaskInfo, name: &str) {
+        self.bind_as(task, &format!("{}\u{1f}{name}", task.operator));
+    }
+
+    fn bind_as(&mut self, task: &TaskInfo, id: &str) {
         let (Some(handle), Some(group)) = (&task.state, task.key_group) else {
             return;
         };
         let disk = handle.kind == BackendKind::Disk;
         let b = Bound {
             handle: handle.clone(),
-            prefix: changes::prefix(&task.operator, group),
+            prefix: changes::prefix(id, group),
             key_buf: Vec::new(),
             read_buf: Vec::new(),
             disk,

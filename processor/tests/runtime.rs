@@ -408,11 +408,12 @@ fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescali
     assert!(dir.path().join(".pipelines/tally/MANIFEST").exists());
 }
 
-/// A tumbling window over 60,000 keys: once every key has an accumulator, a checkpoint after 1% of them
+/// A window (tumbling or session) over 60,000 keys: once every key has an accumulator, a checkpoint after 1% of them
 /// changed writes about 1% of the state; a restart at another parallelism keeps every accumulator of the
 /// open window, which then fires with exact counts. On both backends (the disk one under a 1 MiB budget).
 fn windows_checkpoint_only_the_accumulators_that_changed(
     backend: millrace_processor::keyed_state::BackendKind,
+    window: Window,
 ) {
     let (_dir, _logs, host, rt) = setup();
     let make = |parallelism| {
@@ -423,7 +424,7 @@ fn windows_checkpoint_only_the_accumulators_that_changed(
             .parallelism(parallelism)
             .source("in")
             .key_by(|m: &Message| m.key.clone().unwrap_or_default())
-            .window(Window::tumbling(Duration::from_secs(1_000)))
+            .window(window)
             .late_topic("late")
             .aggregate(Count)
             .sink_with_partitions("out", Some(2), |r| {
@@ -481,13 +482,28 @@ fn windows_checkpoint_only_the_accumulators_that_changed(
 fn window_checkpoints_are_incremental_on_the_memory_backend() {
     windows_checkpoint_only_the_accumulators_that_changed(
         millrace_processor::keyed_state::BackendKind::Memory,
+        Window::tumbling(Duration::from_secs(1_000)),
     );
+}
+
+#[test]
+fn session_checkpoints_are_incremental_on_both_backends() {
+    for backend in [
+        millrace_processor::keyed_state::BackendKind::Memory,
+        millrace_processor::keyed_state::BackendKind::Disk,
+    ] {
+        windows_checkpoint_only_the_accumulators_that_changed(
+            backend,
+            Window::session(Duration::from_secs(1_000)),
+        );
+    }
 }
 
 #[test]
 fn window_checkpoints_are_incremental_on_the_disk_backend() {
     windows_checkpoint_only_the_accumulators_that_changed(
         millrace_processor::keyed_state::BackendKind::Disk,
+        Window::tumbling(Duration::from_secs(1_000)),
     );
 }
 

@@ -11,7 +11,8 @@
 //! stays as small as the key count). A checkpoint writes the keys whose accumulators changed since the last,
 //! and on the disk backend they may be more than memory holds. `fixed_keys` lists the keys of every open
 //! window, so that a window that closes is emitted without a pass over all the state; it is derived (rebuilt
-//! from the state at a restore, never written). Sessions, sliding and global windows are snapshotted whole.
+//! from the state at a restore, never written). Sessions are keyed state as well (per key, its open sessions),
+//! with `session_ends` their derived index. Sliding and global windows are snapshotted whole.
 //!
 //! Invariants:
 //! - every window held is still open: `end + lateness > watermark`;
@@ -19,12 +20,12 @@
 //! - `fixed[key]` holds an accumulator for window `end` exactly when `fixed_keys[end]` lists `key` (once),
 //!   and `fixed_count` is how many accumulators there are; a key's panes are sorted by end and never empty;
 //! - `session_ends` lists, for every open session, its end and key (it may also hold stale entries for sessions
-//!   that merged or closed: they are skipped when popped).
+//!   that merged or closed: they are skipped when popped); a key's session list is never empty.
 //!
 //! An element is late when every window it belongs to has closed. With hopping windows an element can be late
 //! for some of its windows only: it is added to the open ones and counted in `partially_late`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
@@ -81,10 +82,43 @@ impl<A: StateCodec> StateCodec for Panes<A> {
 /// Version 3 keeps fixed windows in keyed state; versions 1 and 2 (everything in the snapshot) are still read.
 const STATE_VERSION: u8 = 3;
 
+#[derive(Debug, Clone, PartialEq)]
 struct Session<A> {
     start: i64,
     end: i64,
     acc: A,
+}
+
+/// One key's open sessions (disjoint; usually one, kept inline).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sessions<A>(SmallVec<[Session<A>; 1]>);
+
+impl<A> Default for Sessions<A> {
+    fn default() -> Self {
+        Sessions(SmallVec::new())
+    }
+}
+
+impl<A: StateCodec> StateCodec for Sessions<A> {
+    fn encode(&self, w: &mut StateWriter) {
+        w.u32(self.0.len() as u32);
+        for s in &self.0 {
+            w.i64(s.start);
+            w.i64(s.end);
+            s.acc.encode(w);
+        }
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let mut v = Sessions::default();
+        // A session takes its start and end (16 bytes) and an accumulator.
+        for _ in 0..r.count(16)? {
+            let start = r.i64()?;
+            let end = r.i64()?;
+            let acc = A::decode(r)?;
+            v.0.push(Session { start, end, acc });
+        }
+        Ok(v)
+    }
 }
 
 pub struct WindowAggregate<K, T, A: Aggregator<T>> {
@@ -98,7 +132,9 @@ pub struct WindowAggregate<K, T, A: Aggregator<T>> {
     /// The keys of each open fixed window, by end.
     fixed_keys: BTreeMap<i64, Vec<K>>,
     fixed_count: usize,
-    sessions: HashMap<K, Vec<Session<A::Acc>>>,
+    /// Open sessions (counted when the index is rebuilt, and as sessions are made and closed).
+    session_count: usize,
+    sessions: KeyedState<K, Sessions<A::Acc>>,
     session_ends: BTreeMap<i64, Vec<K>>,
     sliding: SlidingWindows<K, A::Acc>,
     global: GlobalWindows<K, A::Acc>,
@@ -127,7 +163,8 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
             fixed: KeyedState::new(),
             fixed_keys: BTreeMap::new(),
             fixed_count: 0,
-            sessions: HashMap::new(),
+            session_count: 0,
+            sessions: KeyedState::new(),
             session_ends: BTreeMap::new(),
             sliding: SlidingWindows::new(diff, lateness),
             global: GlobalWindows::new(trigger),
@@ -188,32 +225,56 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
 
     fn add_session(&mut self, ts: i64, gap: i64, key: &K, item: &T) -> bool {
         let (mut start, mut end) = (ts, ts.saturating_add(gap));
-        let sessions = self.sessions.entry(key.clone()).or_default();
-        let overlaps = |s: &Session<A::Acc>| s.start < end && start < s.end;
-        if !sessions.iter().any(overlaps) && end.saturating_add(self.lateness) <= self.watermark {
-            if sessions.is_empty() {
-                self.sessions.remove(key);
+        let (agg, lateness, watermark) = (&*self.agg, self.lateness, self.watermark);
+        // Returns the new session's end and how many sessions the key had before.
+        let mut add = |sessions: &mut Sessions<A::Acc>| -> Option<(i64, usize)> {
+            let before = sessions.0.len();
+            let overlaps = |s: &Session<A::Acc>| s.start < end && start < s.end;
+            if !sessions.0.iter().any(overlaps) && end.saturating_add(lateness) <= watermark {
+                return None;
             }
-            return false;
-        }
-        let mut acc = self.agg.init();
-        self.agg.add(&mut acc, item);
-        let mut i = 0;
-        while i < sessions.len() {
-            if sessions[i].start < end && start < sessions[i].end {
-                let s = sessions.swap_remove(i);
-                start = start.min(s.start);
-                end = end.max(s.end);
-                self.agg.merge(&mut acc, s.acc);
-                // A merge can reach sessions that did not overlap the element alone: look again.
-                i = 0;
-            } else {
-                i += 1;
+            let mut acc = agg.init();
+            agg.add(&mut acc, item);
+            let mut i = 0;
+            while i < sessions.0.len() {
+                if sessions.0[i].start < end && start < sessions.0[i].end {
+                    let s = sessions.0.swap_remove(i);
+                    start = start.min(s.start);
+                    end = end.max(s.end);
+                    agg.merge(&mut acc, s.acc);
+                    // A merge can reach sessions that did not overlap the element alone: look again.
+                    i = 0;
+                } else {
+                    i += 1;
+                }
             }
+            sessions.0.push(Session { start, end, acc });
+            Some((end, before))
+        };
+        let added = match self.sessions.get_mut(key) {
+            Some(sessions) => add(sessions),
+            None => {
+                let mut sessions = Sessions::default();
+                let added = add(&mut sessions);
+                if added.is_some() {
+                    self.sessions.put(key.clone(), sessions);
+                }
+                added
+            }
+        };
+        match added {
+            Some((end, before)) => {
+                // The element's session replaced the `before` sessions it merged, less the untouched ones.
+                let after = self.sessions.get(key).map_or(0, |s| s.0.len());
+                self.session_count = (self.session_count + after).saturating_sub(before);
+                self.session_ends
+                    .entry(end)
+                    .or_default()
+                    .push(key.to_stored());
+                true
+            }
+            None => false,
         }
-        sessions.push(Session { start, end, acc });
-        self.session_ends.entry(end).or_default().push(key.clone());
-        true
     }
 
     fn result(&self, key: K, start: i64, end: i64, acc: &A::Acc) -> WindowResult<K, A::Out> {
@@ -267,19 +328,20 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
                 };
                 let mut closed = Vec::new();
                 let mut i = 0;
-                while i < sessions.len() {
+                while i < sessions.0.len() {
                     // Only the sessions ending here or before (each has its own entry): so sessions close in
                     // order of end, whatever stale entries a key has, and a restored operator (whose entries
                     // are rebuilt without the stale ones) emits in the same order.
-                    if sessions[i].end <= end {
-                        closed.push(sessions.swap_remove(i));
+                    if sessions.0[i].end <= end {
+                        closed.push(sessions.0.swap_remove(i));
                     } else {
                         i += 1;
                     }
                 }
-                if sessions.is_empty() {
+                if sessions.0.is_empty() {
                     self.sessions.remove(&key);
                 }
+                self.session_count = self.session_count.saturating_sub(closed.len());
                 closed.sort_unstable_by_key(|s| s.start);
                 for s in closed {
                     let r = self.result(key.clone(), s.start, s.end, &s.acc);
@@ -290,8 +352,8 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
     }
 
     fn state_entries(&self) -> u64 {
-        let sessions: usize = self.sessions.values().map(Vec::len).sum();
-        (self.fixed_count + sessions + self.sliding.entries() + self.global.entries()) as u64
+        (self.fixed_count + self.session_count + self.sliding.entries() + self.global.entries())
+            as u64
     }
 
     /// Lists every fixed window's keys again from the state (after it was loaded or restored).
@@ -308,6 +370,21 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
         self.fixed_count = n;
         Ok(())
     }
+
+    /// Lists every open session's end again from the state (after it was loaded or restored).
+    fn rebuild_session_ends(&mut self) -> Result<()> {
+        let mut index: BTreeMap<i64, Vec<K>> = BTreeMap::new();
+        let mut n = 0;
+        self.sessions.for_each(|key, sessions| {
+            for s in &sessions.0 {
+                index.entry(s.end).or_default().push(key.clone());
+                n += 1;
+            }
+        })?;
+        self.session_ends = index;
+        self.session_count = n;
+        Ok(())
+    }
 }
 
 impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, T, A> {
@@ -315,8 +392,10 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
 
     fn on_start(&mut self, task: &TaskInfo) {
         self.fixed.bind(task);
+        self.sessions.bind_named(task, "sessions");
         // A failed read of the store is recorded by the backend, which fails the pipeline.
         let _ = self.rebuild_fixed_keys();
+        let _ = self.rebuild_session_ends();
     }
 
     fn process(&mut self, timestamp: i64, (key, item): (K, T), out: &mut dyn Collector<Self::Out>) {
@@ -374,8 +453,8 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         let mut w = StateWriter {
             buf: std::mem::take(state),
         };
-        // Version 3: the counters, fixed windows as keyed state (a bound state stages its changes and writes
-        // nothing here), sessions, then sliding and global windows.
+        // Version 3: the counters, fixed windows and sessions as keyed state (a bound state stages its changes
+        // and writes nothing here), then sliding and global windows.
         w.u8(STATE_VERSION);
         w.i64(self.watermark);
         w.u64(self.late_records);
@@ -383,16 +462,9 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         let mut fixed = Vec::new();
         self.fixed.checkpoint(&mut fixed);
         w.bytes(&fixed);
-        w.u32(self.sessions.len() as u32);
-        for (k, sessions) in &self.sessions {
-            k.encode(&mut w);
-            w.u32(sessions.len() as u32);
-            for s in sessions {
-                w.i64(s.start);
-                w.i64(s.end);
-                s.acc.encode(&mut w);
-            }
-        }
+        let mut sessions = Vec::new();
+        self.sessions.checkpoint(&mut sessions);
+        w.bytes(&sessions);
         self.sliding.encode(&mut w);
         self.global.encode(&mut w);
         *state = w.buf;
@@ -409,8 +481,6 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         self.watermark = r.i64()?;
         self.late_records = r.u64()?;
         self.partially_late = r.u64()?;
-        self.sessions.clear();
-        self.session_ends.clear();
         if version >= 3 {
             self.fixed.restore(r.bytes()?)?;
         } else {
@@ -433,19 +503,24 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
             }
         }
         self.rebuild_fixed_keys()?;
-        for _ in 0..r.count(5)? {
-            let k = K::decode(&mut r)?;
-            let n = r.count(16)?;
-            let mut v = Vec::with_capacity(n);
-            for _ in 0..n {
-                let start = r.i64()?;
-                let end = r.i64()?;
-                let acc = A::Acc::decode(&mut r)?;
-                self.session_ends.entry(end).or_default().push(k.clone());
-                v.push(Session { start, end, acc });
+        if version >= 3 {
+            self.sessions.restore(r.bytes()?)?;
+        } else {
+            for _ in 0..r.count(5)? {
+                let k = K::decode(&mut r)?;
+                let mut v = Sessions::default();
+                for _ in 0..r.count(16)? {
+                    let start = r.i64()?;
+                    let end = r.i64()?;
+                    let acc = A::Acc::decode(&mut r)?;
+                    v.0.push(Session { start, end, acc });
+                }
+                if !v.0.is_empty() {
+                    self.sessions.put(k, v);
+                }
             }
-            self.sessions.insert(k, v);
         }
+        self.rebuild_session_ends()?;
         if version >= 2 {
             self.sliding.decode(&mut r, self.watermark)?;
             self.global.decode(&mut r)?;
