@@ -14,17 +14,22 @@
 //!   access happened just before it); until then the entry cannot expire;
 //! - stamps are absolute times and are written to snapshots, so a restore keeps how long each entry has left.
 //!
+//! The entries are [`KeyedState`]: a checkpoint writes the keys whose value or stamp changed since the last
+//! one, and on the disk backend they may be more than memory holds. `expiry` and `pending` are derived from
+//! the entries (rebuilt when the state is bound or restored, never written).
+//!
 //! Invariants (with a TTL): every entry whose stamp is known has exactly one `(stamp + ttl, key)` in `expiry`,
 //! and every entry whose stamp is pending is in `pending`; nothing else is in either. Without a TTL both are
 //! empty and stamps are not kept (they are written as pending, so that a TTL added later starts counting at
-//! the first clock value after the restore).
+//! the first clock value after the restore). `count` is the number of entries.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::Hash;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::state::{StateCodec, StateReader, StateWriter};
+use crate::keyed_state::KeyedState;
+use crate::operator::TaskInfo;
+use crate::state::{Key, StateCodec, StateReader, StateWriter};
 
 /// How many expired entries one incremental cleanup removes at most.
 pub const CLEANUP_BATCH: usize = 64;
@@ -70,17 +75,32 @@ impl StateTtl {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Entry<S> {
+/// A value with the time of its last access (its stamp).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry<S> {
     value: S,
     stamp: i64,
 }
 
+impl<S: StateCodec> StateCodec for Entry<S> {
+    fn encode(&self, w: &mut StateWriter) {
+        w.i64(self.stamp);
+        self.value.encode(w);
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let stamp = r.i64()?;
+        Ok(Entry {
+            stamp,
+            value: S::decode(r)?,
+        })
+    }
+}
+
 /// One value per key, with an optional time-to-live (see the module documentation).
-#[derive(Debug)]
 pub struct ValueState<K, S> {
     ttl: Option<StateTtl>,
-    entries: HashMap<K, Entry<S>>,
+    entries: KeyedState<K, Entry<S>>,
+    count: usize,
     /// (expiry time, key) of every entry with a known stamp, earliest first.
     expiry: BTreeSet<(i64, K)>,
     /// Entries accessed while the clock was unknown.
@@ -88,11 +108,12 @@ pub struct ValueState<K, S> {
     expired: u64,
 }
 
-impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
+impl<K: Key, S: StateCodec> ValueState<K, S> {
     pub fn new(ttl: Option<StateTtl>) -> Self {
         ValueState {
             ttl,
-            entries: HashMap::new(),
+            entries: KeyedState::new(),
+            count: 0,
             expiry: BTreeSet::new(),
             pending: HashSet::new(),
             expired: 0,
@@ -105,11 +126,38 @@ impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
 
     /// Entries held, expired ones not yet removed included.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
+    }
+
+    /// Binds the entries to the task's state backend (see [`KeyedState::bind`]) and lists what it holds.
+    pub fn bind(&mut self, task: &TaskInfo) {
+        self.entries.bind(task);
+        // A failed read of the store is recorded by the backend, which fails the pipeline.
+        let _ = self.rebuild();
+    }
+
+    /// Lists every entry's expiry (or pending stamp) again, and counts the entries.
+    fn rebuild(&mut self) -> Result<()> {
+        let (mut expiry, mut pending, mut count) = (BTreeSet::new(), HashSet::new(), 0);
+        let ttl = self.ttl;
+        self.entries.for_each(|key, e| {
+            count += 1;
+            if let Some(ttl) = ttl {
+                if e.stamp == PENDING {
+                    pending.insert(key.clone());
+                } else {
+                    expiry.insert((Self::expires_at(&ttl, e.stamp), key.clone()));
+                }
+            }
+        })?;
+        self.expiry = expiry;
+        self.pending = pending;
+        self.count = count;
+        Ok(())
     }
 
     /// Entries removed because they expired, since this state was made.
@@ -143,17 +191,20 @@ impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
     }
 
     /// Forgets `key`'s entry and its place in the indexes.
-    fn remove(&mut self, key: &K) -> Option<Entry<S>> {
-        let e = self.entries.remove(key)?;
+    fn remove(&mut self, key: &K) {
+        let Some(stamp) = self.entries.get(key).map(|e| e.stamp) else {
+            return;
+        };
+        self.entries.remove(key);
+        self.count = self.count.saturating_sub(1);
         if let Some(ttl) = self.ttl {
-            if e.stamp == PENDING {
+            if stamp == PENDING {
                 self.pending.remove(key);
             } else {
                 self.expiry
-                    .remove(&(Self::expires_at(&ttl, e.stamp), key.clone()));
+                    .remove(&(Self::expires_at(&ttl, stamp), key.clone()));
             }
         }
-        Some(e)
     }
 
     /// `key`'s value, unless it has expired by `clock` (then it is removed). With
@@ -181,8 +232,12 @@ impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
 
     /// Sets `key`'s value (a write: it renews the time-to-live).
     pub fn set(&mut self, key: &K, value: S, clock: Option<i64>) {
+        let old = self.entries.get(key).map(|e| e.stamp);
+        if old.is_none() {
+            self.count += 1;
+        }
         let Some(ttl) = self.ttl else {
-            self.entries.insert(
+            self.entries.put(
                 key.clone(),
                 Entry {
                     value,
@@ -191,7 +246,6 @@ impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
             );
             return;
         };
-        let old = self.entries.get(key).map(|e| e.stamp);
         let stamp = match old {
             Some(old) => self.restamp(ttl, key, old, clock),
             None => match clock {
@@ -206,7 +260,7 @@ impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
                 }
             },
         };
-        self.entries.insert(key.clone(), Entry { value, stamp });
+        self.entries.put(key.clone(), Entry { value, stamp });
     }
 
     /// Removes `key`'s value.
@@ -242,6 +296,7 @@ impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
                 break;
             };
             self.entries.remove(&key);
+            self.count = self.count.saturating_sub(1);
             removed += 1;
         }
         self.expired += removed as u64;
@@ -254,47 +309,56 @@ impl<K: Clone + Eq + Hash + Ord, S> ValueState<K, S> {
     }
 }
 
-impl<K: StateCodec + Clone + Eq + Hash + Ord, S: StateCodec> ValueState<K, S> {
-    /// Writes every entry as (key, stamp, value).
-    pub fn encode(&self, w: &mut StateWriter) {
-        w.u32(self.entries.len() as u32);
-        for (k, e) in &self.entries {
-            k.encode(w);
-            w.i64(e.stamp);
-            e.value.encode(w);
-        }
+impl<K: Key, S: StateCodec> ValueState<K, S> {
+    /// At a checkpoint: a bound state stages the entries that changed; an unbound one writes all of them
+    /// (see [`KeyedState::checkpoint`]).
+    pub fn checkpoint(&mut self, w: &mut StateWriter) {
+        let mut bytes = Vec::new();
+        self.entries.checkpoint(&mut bytes);
+        w.bytes(&bytes);
     }
 
-    /// Replaces the entries with what [`ValueState::encode`] wrote, keeping this state's TTL.
+    /// Restores what [`ValueState::checkpoint`] wrote, keeping this state's TTL.
     pub fn restore(&mut self, r: &mut StateReader<'_>) -> Result<()> {
-        self.entries.clear();
-        self.expiry.clear();
-        self.pending.clear();
+        self.entries.restore(r.bytes()?)?;
+        self.normalize_stamps()
+    }
+
+    /// Restores the entries of a snapshot written before values were keyed state: every (key, stamp, value)
+    /// inline, put into the state (and so into the store at the next checkpoint).
+    pub fn restore_inline(&mut self, r: &mut StateReader<'_>) -> Result<()> {
         // Each entry takes at least its 8-byte stamp.
         let n = r.count(8)?;
+        let mut seen = HashSet::new();
         for _ in 0..n {
             let key = K::decode(r)?;
             let stamp = r.i64()?;
             let value = S::decode(r)?;
-            if self.entries.contains_key(&key) {
+            if !seen.insert(key.clone()) {
                 return Err(Error::CorruptState("duplicate key in value state".into()));
             }
-            // Without a TTL stamps are not kept (a TTL added later starts from the first clock value).
-            let stamp = match self.ttl {
-                None => PENDING,
-                Some(_) if stamp == PENDING => {
-                    self.pending.insert(key.clone());
-                    PENDING
-                }
-                Some(ttl) => {
-                    self.expiry
-                        .insert((Self::expires_at(&ttl, stamp), key.clone()));
-                    stamp
-                }
-            };
-            self.entries.insert(key, Entry { value, stamp });
+            self.entries.put(key, Entry { value, stamp });
         }
-        Ok(())
+        self.normalize_stamps()
+    }
+
+    /// Without a TTL stamps are not kept (a TTL added later starts from the first clock value); then the
+    /// indexes are rebuilt.
+    fn normalize_stamps(&mut self) -> Result<()> {
+        if self.ttl.is_none() {
+            let mut stamped = Vec::new();
+            self.entries.for_each(|k, e| {
+                if e.stamp != PENDING {
+                    stamped.push(k.clone());
+                }
+            })?;
+            for k in stamped {
+                if let Some(e) = self.entries.get_mut(&k) {
+                    e.stamp = PENDING;
+                }
+            }
+        }
+        self.rebuild()
     }
 }
 
@@ -302,6 +366,41 @@ impl<K: StateCodec + Clone + Eq + Hash + Ord, S: StateCodec> ValueState<K, S> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn snapshots_from_before_keyed_state_still_restore() {
+        // Format 1: a count, then (key, stamp, value) inline.
+        let mut w = StateWriter::new();
+        w.u32(2);
+        1u64.encode(&mut w);
+        w.i64(1_000);
+        10u64.encode(&mut w);
+        2u64.encode(&mut w);
+        w.i64(PENDING);
+        20u64.encode(&mut w);
+        let mut s = ValueState::<u64, u64>::new(ttl(100, UpdateType::OnCreateAndWrite));
+        s.restore_inline(&mut StateReader::new(&w.buf)).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get(&1, Some(1_099)), Some(&10));
+        assert_eq!(s.get(&1, Some(1_100)), None, "its stamp survived");
+        assert_eq!(
+            s.cleanup_all(Some(5_000)),
+            0,
+            "a pending stamp is stamped at the first clock"
+        );
+        assert_eq!(s.cleanup_all(Some(5_100)), 1);
+        // A key twice is refused.
+        let mut w = StateWriter::new();
+        w.u32(2);
+        for _ in 0..2 {
+            1u64.encode(&mut w);
+            w.i64(0);
+            1u64.encode(&mut w);
+        }
+        let mut s = ValueState::<u64, u64>::new(None);
+        assert!(s.restore_inline(&mut StateReader::new(&w.buf)).is_err());
+    }
 
     fn ttl(ms: u64, update: UpdateType) -> Option<StateTtl> {
         Some(StateTtl::new(
@@ -358,7 +457,7 @@ mod tests {
         assert_eq!(s.cleanup_all(Some(500)), 2 * CLEANUP_BATCH);
         assert_eq!(s.len(), 1, "the live entry stays");
         let mut w = StateWriter::new();
-        s.encode(&mut w);
+        s.checkpoint(&mut w);
         let mut back = ValueState::<u64, u64>::new(s.ttl());
         back.restore(&mut StateReader::new(&w.buf)).unwrap();
         assert_eq!(back.get(&u64::MAX, Some(1_009)), Some(&0), "stamp survived");
@@ -380,7 +479,7 @@ mod tests {
         // A pending stamp survives a snapshot as pending.
         s.set(&2, 20, None);
         let mut w = StateWriter::new();
-        s.encode(&mut w);
+        s.checkpoint(&mut w);
         let mut back = ValueState::<u64, u64>::new(s.ttl());
         back.restore(&mut StateReader::new(&w.buf)).unwrap();
         assert_eq!(back.cleanup_all(Some(7_000)), 0);
@@ -443,7 +542,7 @@ mod tests {
                         model.retain(|_, (_, stamp)| *stamp + 50 > now);
                         prop_assert_eq!(s.len(), model.len());
                         let mut w = StateWriter::new();
-                        s.encode(&mut w);
+                        s.checkpoint(&mut w);
                         let mut back = ValueState::new(s.ttl());
                         back.restore(&mut StateReader::new(&w.buf)).unwrap();
                         s = back;

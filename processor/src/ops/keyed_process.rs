@@ -128,7 +128,7 @@ pub struct KeyedContext<'a, K, S, O> {
     out: &'a mut dyn Collector<O>,
 }
 
-impl<K: Key, S: Clone, O> KeyedContext<'_, K, S, O> {
+impl<K: Key, S: StateCodec + Clone, O> KeyedContext<'_, K, S, O> {
     /// The key being handled.
     pub fn key(&self) -> &K {
         self.key
@@ -210,8 +210,9 @@ pub struct KeyedProcess<K, T, F: KeyedProcessFunction<K, T>> {
     _t: PhantomData<fn(T)>,
 }
 
-/// Snapshot format version.
-const VERSION: u8 = 1;
+/// Snapshot format version: 2 keeps the values in keyed state (checkpointed incrementally); 1 (every value
+/// in the snapshot) is still read.
+const VERSION: u8 = 2;
 
 impl<K: Key, T, F: KeyedProcessFunction<K, T>> KeyedProcess<K, T, F> {
     pub fn new(func: F) -> Self {
@@ -285,6 +286,10 @@ impl<K: Key, T, F: KeyedProcessFunction<K, T>> KeyedProcess<K, T, F> {
 impl<K: Key, T: Send, F: KeyedProcessFunction<K, T>> Operator<(K, T)> for KeyedProcess<K, T, F> {
     type Out = F::Out;
 
+    fn on_start(&mut self, task: &crate::operator::TaskInfo) {
+        self.state.bind(task);
+    }
+
     fn process(&mut self, timestamp: i64, (key, item): (K, T), out: &mut dyn Collector<F::Out>) {
         let clock = self.element_clock(timestamp);
         let mut ctx = KeyedContext {
@@ -334,14 +339,14 @@ impl<K: Key, T: Send, F: KeyedProcessFunction<K, T>> Operator<(K, T)> for KeyedP
         w.i64(self.watermark);
         w.u64(self.timers_fired);
         self.timers.encode(&mut w);
-        self.state.encode(&mut w);
+        self.state.checkpoint(&mut w);
         *state = w.buf;
     }
 
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
         let mut r = StateReader::new(state);
         let version = r.u8()?;
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(Error::CorruptState(format!(
                 "keyed process state version {version}"
             )));
@@ -349,7 +354,11 @@ impl<K: Key, T: Send, F: KeyedProcessFunction<K, T>> Operator<(K, T)> for KeyedP
         self.watermark = r.i64()?;
         self.timers_fired = r.u64()?;
         self.timers = TimerQueue::decode(&mut r)?;
-        self.state.restore(&mut r)?;
+        if version == 1 {
+            self.state.restore_inline(&mut r)?;
+        } else {
+            self.state.restore(&mut r)?;
+        }
         if !r.is_empty() {
             return Err(Error::CorruptState(
                 "trailing bytes in keyed process state".into(),
