@@ -15,8 +15,12 @@
 
 use std::collections::BTreeSet;
 
+use smallvec::SmallVec;
+
 use crate::error::{Error, Result};
-use crate::state::{StateCodec, StateReader, StateWriter};
+use crate::keyed_state::KeyedState;
+use crate::operator::TaskInfo;
+use crate::state::{Key, StateCodec, StateReader, StateWriter};
 
 /// The clock a timer follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,6 +150,168 @@ impl<K: StateCodec + Ord> StateCodec for TimerQueue<K> {
             event: decode_set(r)?,
             processing: decode_set(r)?,
         })
+    }
+}
+
+/// One key's pending timers, as (domain, time), sorted.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyTimers(SmallVec<[(TimeDomain, i64); 1]>);
+
+impl StateCodec for KeyTimers {
+    fn encode(&self, w: &mut StateWriter) {
+        w.u32(self.0.len() as u32);
+        for (d, t) in &self.0 {
+            w.u8(match d {
+                TimeDomain::EventTime => 0,
+                TimeDomain::ProcessingTime => 1,
+            });
+            w.i64(*t);
+        }
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let mut v = KeyTimers::default();
+        // A timer takes its domain and time (9 bytes).
+        for _ in 0..r.count(9)? {
+            let d = match r.u8()? {
+                0 => TimeDomain::EventTime,
+                1 => TimeDomain::ProcessingTime,
+                x => return Err(Error::CorruptState(format!("timer domain {x}"))),
+            };
+            let t = r.i64()?;
+            if v.0.last().is_some_and(|l| *l >= (d, t)) {
+                return Err(Error::CorruptState("timers out of order".into()));
+            }
+            v.0.push((d, t));
+        }
+        Ok(v)
+    }
+}
+
+/// Timers kept as keyed state (per key, its timers: a checkpoint writes the keys whose timers changed, and
+/// the disk backend can hold them), with a [`TimerQueue`] of all of them in memory as the firing order,
+/// derived from the state (rebuilt when it is bound or restored, never written).
+///
+/// Invariant: `queue` holds (domain, time, key) exactly when `state[key]` lists (domain, time).
+pub struct KeyedTimers<K> {
+    queue: TimerQueue<K>,
+    state: KeyedState<K, KeyTimers>,
+}
+
+impl<K: Key> Default for KeyedTimers<K> {
+    fn default() -> Self {
+        KeyedTimers {
+            queue: TimerQueue::new(),
+            state: KeyedState::new(),
+        }
+    }
+}
+
+impl<K: Key> KeyedTimers<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Binds the timers to the task's backend under the operator's state named `name`, and lists them.
+    pub fn bind_named(&mut self, task: &TaskInfo, name: &str) {
+        self.state.bind_named(task, name);
+        // A failed read of the store is recorded by the backend, which fails the pipeline.
+        let _ = self.rebuild();
+    }
+
+    fn rebuild(&mut self) -> Result<()> {
+        let mut queue = TimerQueue::new();
+        self.state.for_each(|key, timers| {
+            for (d, t) in &timers.0 {
+                queue.register(*d, key, *t);
+            }
+        })?;
+        self.queue = queue;
+        Ok(())
+    }
+
+    /// The firing order (every pending timer).
+    pub fn queue(&self) -> &TimerQueue<K> {
+        &self.queue
+    }
+
+    /// Registers a timer; false if it was already pending.
+    pub fn register(&mut self, domain: TimeDomain, key: &K, time: i64) -> bool {
+        if !self.queue.register(domain, key, time) {
+            return false;
+        }
+        let add = |timers: &mut KeyTimers| {
+            let at = timers.0.partition_point(|x| *x < (domain, time));
+            timers.0.insert(at, (domain, time));
+        };
+        match self.state.get_mut(key) {
+            Some(timers) => add(timers),
+            None => {
+                let mut timers = KeyTimers::default();
+                add(&mut timers);
+                self.state.put(key.clone(), timers);
+            }
+        }
+        true
+    }
+
+    /// Forgets `key`'s timer (domain, time) in the state.
+    fn forget(&mut self, domain: TimeDomain, key: &K, time: i64) {
+        let Some(timers) = self.state.get_mut(key) else {
+            return;
+        };
+        timers.0.retain(|x| *x != (domain, time));
+        if timers.0.is_empty() {
+            self.state.remove(key);
+        }
+    }
+
+    /// Deletes a timer; false if there was none.
+    pub fn delete(&mut self, domain: TimeDomain, key: &K, time: i64) -> bool {
+        if !self.queue.delete(domain, key, time) {
+            return false;
+        }
+        self.forget(domain, key, time);
+        true
+    }
+
+    /// Removes and returns the earliest timer of `domain` at or before `upto`, as (time, key).
+    pub fn pop_due(&mut self, domain: TimeDomain, upto: i64) -> Option<(i64, K)> {
+        let (time, key) = self.queue.pop_due(domain, upto)?;
+        self.forget(domain, &key, time);
+        Some((time, key))
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// At a checkpoint: a bound state stages the keys whose timers changed; an unbound one writes them all.
+    pub fn checkpoint(&mut self, w: &mut StateWriter) {
+        let mut bytes = Vec::new();
+        self.state.checkpoint(&mut bytes);
+        w.bytes(&bytes);
+    }
+
+    /// Restores what [`KeyedTimers::checkpoint`] wrote.
+    pub fn restore(&mut self, r: &mut StateReader<'_>) -> Result<()> {
+        self.state.restore(r.bytes()?)?;
+        self.rebuild()
+    }
+
+    /// Restores a [`TimerQueue`] snapshot (the format from before timers were keyed state): every timer is
+    /// registered again (and so goes to the store at the next checkpoint).
+    pub fn restore_queue(&mut self, r: &mut StateReader<'_>) -> Result<()> {
+        let old = TimerQueue::<K>::decode(r)?;
+        for d in [TimeDomain::EventTime, TimeDomain::ProcessingTime] {
+            for (t, k) in old.iter(d) {
+                self.register(d, k, t);
+            }
+        }
+        Ok(())
     }
 }
 

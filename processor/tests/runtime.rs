@@ -507,7 +507,8 @@ fn window_checkpoints_are_incremental_on_the_disk_backend() {
     );
 }
 
-/// A keyed process function's running count per key, in its value state.
+/// A keyed process function's running count per key, in its value state; a key's first element registers an
+/// event-time timer 1,000 s later, which emits 1,000 + the count.
 struct Tally;
 
 impl millrace_processor::ops::KeyedProcessFunction<Bytes, Message> for Tally {
@@ -521,22 +522,27 @@ impl millrace_processor::ops::KeyedProcessFunction<Bytes, Message> for Tally {
         ctx: &mut millrace_processor::ops::KeyedContext<'_, Bytes, u64, Self::Out>,
     ) {
         let n = ctx.get().unwrap_or(0) + 1;
+        if n == 1 {
+            ctx.register_event_time_timer(ts + 1_000_000);
+        }
         ctx.set(n);
         ctx.emit(ts, (key.clone(), n));
     }
     fn on_timer(
         &mut self,
-        _: &Bytes,
-        _: i64,
+        key: &Bytes,
+        time: i64,
         _: millrace_processor::TimeDomain,
-        _: &mut millrace_processor::ops::KeyedContext<'_, Bytes, u64, Self::Out>,
+        ctx: &mut millrace_processor::ops::KeyedContext<'_, Bytes, u64, Self::Out>,
     ) {
+        let n = ctx.get().unwrap_or(0);
+        ctx.emit(time, (key.clone(), 1_000 + n));
     }
 }
 
-/// A keyed process function's values on the disk backend under a 1 MiB budget: after 60,000 keys, a run that
-/// changes 1% of them checkpoints under 5% of the load's bytes, and every key counts on after restarts at
-/// other parallelisms.
+/// A keyed process function's values and timers on the disk backend under a 1 MiB budget: after 60,000 keys,
+/// a run that changes 1% of them checkpoints under 5% of the load's bytes, every key counts on after restarts
+/// at other parallelisms, and every key's timer fires once the watermark reaches it.
 #[test]
 fn keyed_process_values_checkpoint_incrementally() {
     use millrace_processor::keyed_state::BackendKind;
@@ -586,6 +592,19 @@ fn keyed_process_values_checkpoint_incrementally() {
     assert_eq!(c.len(), 60_000);
     for (i, k) in keys.iter().enumerate() {
         let want = if i % 100 == 0 { 2 } else { 1 };
+        assert_eq!(c.get(k), Some(&want), "{k}");
+    }
+
+    // The watermark passes every timer, after a restart at yet another parallelism.
+    let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
+    append(&input[1], &[("closer", 5_000_000)]);
+    wait_for("every timer", || {
+        out.iter().map(|l| l.log_end_offset()).sum::<i64>() >= 60_000 + 600 + 1 + 60_000
+    });
+    p.stop().unwrap();
+    let c = latest(&out);
+    for (i, k) in keys.iter().enumerate() {
+        let want = if i % 100 == 0 { 1_002 } else { 1_001 };
         assert_eq!(c.get(k), Some(&want), "{k}");
     }
 }

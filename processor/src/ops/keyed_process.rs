@@ -84,7 +84,7 @@ use crate::metrics::OperatorMetrics;
 use crate::operator::{Collector, Operator};
 use crate::record::OutRecord;
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
-use crate::timers::{TimeDomain, TimerQueue};
+use crate::timers::{KeyedTimers, TimeDomain, TimerQueue};
 use crate::value_state::{StateTtl, TtlTime, UpdateType, ValueState, CLEANUP_BATCH};
 
 /// User code of a keyed process function. It holds no state of its own that must survive a restart: what
@@ -124,7 +124,7 @@ pub struct KeyedContext<'a, K, S, O> {
     /// The TTL clock for this call (None: not known yet).
     clock: Option<i64>,
     state: &'a mut ValueState<K, S>,
-    timers: &'a mut TimerQueue<K>,
+    timers: &'a mut KeyedTimers<K>,
     out: &'a mut dyn Collector<O>,
 }
 
@@ -202,7 +202,7 @@ impl<K: Key, S: StateCodec + Clone, O> KeyedContext<'_, K, S, O> {
 pub struct KeyedProcess<K, T, F: KeyedProcessFunction<K, T>> {
     func: F,
     state: ValueState<K, F::State>,
-    timers: TimerQueue<K>,
+    timers: KeyedTimers<K>,
     watermark: i64,
     /// Processing time; None before the first tick.
     now: Option<i64>,
@@ -210,8 +210,8 @@ pub struct KeyedProcess<K, T, F: KeyedProcessFunction<K, T>> {
     _t: PhantomData<fn(T)>,
 }
 
-/// Snapshot format version: 2 keeps the values in keyed state (checkpointed incrementally); 1 (every value
-/// in the snapshot) is still read.
+/// Snapshot format version: 2 keeps the values and the timers in keyed state (checkpointed incrementally); 1
+/// (every value and timer in the snapshot) is still read.
 const VERSION: u8 = 2;
 
 impl<K: Key, T, F: KeyedProcessFunction<K, T>> KeyedProcess<K, T, F> {
@@ -219,7 +219,7 @@ impl<K: Key, T, F: KeyedProcessFunction<K, T>> KeyedProcess<K, T, F> {
         KeyedProcess {
             func,
             state: ValueState::new(None),
-            timers: TimerQueue::new(),
+            timers: KeyedTimers::new(),
             watermark: i64::MIN,
             now: None,
             timers_fired: 0,
@@ -235,7 +235,7 @@ impl<K: Key, T, F: KeyedProcessFunction<K, T>> KeyedProcess<K, T, F> {
 
     /// The pending timers.
     pub fn timers(&self) -> &TimerQueue<K> {
-        &self.timers
+        self.timers.queue()
     }
 
     fn known_watermark(&self) -> Option<i64> {
@@ -288,6 +288,7 @@ impl<K: Key, T: Send, F: KeyedProcessFunction<K, T>> Operator<(K, T)> for KeyedP
 
     fn on_start(&mut self, task: &crate::operator::TaskInfo) {
         self.state.bind(task);
+        self.timers.bind_named(task, "timers");
     }
 
     fn process(&mut self, timestamp: i64, (key, item): (K, T), out: &mut dyn Collector<F::Out>) {
@@ -338,7 +339,7 @@ impl<K: Key, T: Send, F: KeyedProcessFunction<K, T>> Operator<(K, T)> for KeyedP
         w.u8(VERSION);
         w.i64(self.watermark);
         w.u64(self.timers_fired);
-        self.timers.encode(&mut w);
+        self.timers.checkpoint(&mut w);
         self.state.checkpoint(&mut w);
         *state = w.buf;
     }
@@ -353,10 +354,11 @@ impl<K: Key, T: Send, F: KeyedProcessFunction<K, T>> Operator<(K, T)> for KeyedP
         }
         self.watermark = r.i64()?;
         self.timers_fired = r.u64()?;
-        self.timers = TimerQueue::decode(&mut r)?;
         if version == 1 {
+            self.timers.restore_queue(&mut r)?;
             self.state.restore_inline(&mut r)?;
         } else {
+            self.timers.restore(&mut r)?;
             self.state.restore(&mut r)?;
         }
         if !r.is_empty() {
