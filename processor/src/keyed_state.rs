@@ -595,6 +595,15 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
             self.dirty.clear();
             return;
         };
+        // Entries staged in earlier checkpoints are evictable once the store holds them: trimmed here too, not
+        // only on the next access, so a state that stops being read (input caught up) still comes back within
+        // its budget.
+        if b.disk && b.handle.used() > b.handle.budget {
+            self.evict();
+        }
+        let Some(b) = &mut self.bound else {
+            return;
+        };
         if self.dirty.is_empty() {
             return;
         }
