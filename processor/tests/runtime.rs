@@ -347,6 +347,34 @@ fn latest(out: &[Arc<Log>]) -> std::collections::HashMap<String, u64> {
     m
 }
 
+/// A two-partition topic `in` with one record (at time 1) for each of 60,000 keys; returns it and the keys.
+fn sixty_thousand_keys(host: &Arc<LocalHost>) -> (Vec<Arc<Log>>, Vec<String>) {
+    let input = host.topic("in", Some(2)).unwrap();
+    let keys: Vec<String> = (0..60_000).map(|i| format!("key-{i:06}")).collect();
+    for (p, chunk) in keys.chunks(30_000).enumerate() {
+        for c in chunk.chunks(5_000) {
+            let recs: Vec<(&str, i64)> = c.iter().map(|k| (k.as_str(), 1)).collect();
+            append(&input[p], &recs);
+        }
+    }
+    (input, keys)
+}
+
+/// One more record (at time 2) for every hundredth key; returns how many.
+fn every_hundredth_again(input: &[Arc<Log>], keys: &[String]) -> u64 {
+    let again: Vec<(&str, i64)> = keys.iter().step_by(100).map(|k| (k.as_str(), 2)).collect();
+    append(&input[0], &again);
+    again.len() as u64
+}
+
+/// Every key's latest count is `base` + 1, and `base` + 2 for every hundredth.
+fn assert_each_key(latest: &std::collections::HashMap<String, u64>, keys: &[String], base: u64) {
+    for (i, k) in keys.iter().enumerate() {
+        let want = base + if i % 100 == 0 { 2 } else { 1 };
+        assert_eq!(latest.get(k), Some(&want), "{k}");
+    }
+}
+
 #[test]
 fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescaling() {
     use millrace_processor::keyed_state::BackendKind;
@@ -366,14 +394,7 @@ fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescali
             })
             .unwrap()
     };
-    let input = host.topic("in", Some(2)).unwrap();
-    let keys: Vec<String> = (0..60_000).map(|i| format!("key-{i:06}")).collect();
-    for (p, chunk) in keys.chunks(30_000).enumerate() {
-        for c in chunk.chunks(5_000) {
-            let recs: Vec<(&str, i64)> = c.iter().map(|k| (k.as_str(), 1)).collect();
-            append(&input[p], &recs);
-        }
-    }
+    let (input, keys) = sixty_thousand_keys(&host);
     let p = start(&make(2), host.clone(), rt.handle().clone()).unwrap();
     wait_for("every key", || p.metrics().records_read == 60_000);
     // Entries changed in the last checkpoints are evictable once the store holds them; the checkpoints after
@@ -392,11 +413,8 @@ fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescali
 
     // 1% of the keys again, at another parallelism: the checkpoint carries about 1% of the state.
     let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
-    let again: Vec<(&str, i64)> = keys.iter().step_by(100).map(|k| (k.as_str(), 2)).collect();
-    append(&input[0], &again);
-    wait_for("the update", || {
-        p.metrics().records_read == again.len() as u64
-    });
+    let again = every_hundredth_again(&input, &keys);
+    wait_for("the update", || p.metrics().records_read == again);
     let m = p.stop().unwrap();
     assert!(
         m.state_change_bytes > 0 && m.state_change_bytes * 20 < store_bytes,
@@ -406,10 +424,7 @@ fn disk_state_larger_than_its_budget_checkpoints_increments_and_survives_rescali
     let out = host.topic("out", Some(2)).unwrap();
     let c = latest(&out);
     assert_eq!(c.len(), 60_000);
-    for (i, k) in keys.iter().enumerate() {
-        let want = if i % 100 == 0 { 2 } else { 1 };
-        assert_eq!(c.get(k), Some(&want), "{k}");
-    }
+    assert_each_key(&c, &keys, 0);
     assert!(dir.path().join(".pipelines/tally/MANIFEST").exists());
 }
 
@@ -437,14 +452,7 @@ fn windows_checkpoint_only_the_accumulators_that_changed(
             })
             .unwrap()
     };
-    let input = host.topic("in", Some(2)).unwrap();
-    let keys: Vec<String> = (0..60_000).map(|i| format!("key-{i:06}")).collect();
-    for (p, chunk) in keys.chunks(30_000).enumerate() {
-        for c in chunk.chunks(5_000) {
-            let recs: Vec<(&str, i64)> = c.iter().map(|k| (k.as_str(), 1)).collect();
-            append(&input[p], &recs);
-        }
-    }
+    let (input, keys) = sixty_thousand_keys(&host);
     let p = start(&make(2), host.clone(), rt.handle().clone()).unwrap();
     wait_for("every key", || p.metrics().records_read == 60_000);
     let load = p.stop().unwrap();
@@ -454,11 +462,8 @@ fn windows_checkpoint_only_the_accumulators_that_changed(
     );
 
     let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
-    let again: Vec<(&str, i64)> = keys.iter().step_by(100).map(|k| (k.as_str(), 2)).collect();
-    append(&input[0], &again);
-    wait_for("the update", || {
-        p.metrics().records_read == again.len() as u64
-    });
+    let again = every_hundredth_again(&input, &keys);
+    wait_for("the update", || p.metrics().records_read == again);
     let m = p.stop().unwrap();
     assert!(
         m.state_change_bytes > 0 && m.state_change_bytes * 20 < load.state_change_bytes,
@@ -477,10 +482,7 @@ fn windows_checkpoint_only_the_accumulators_that_changed(
     p.stop().unwrap();
     let c = latest(&out);
     assert_eq!(c.len(), 60_000);
-    for (i, k) in keys.iter().enumerate() {
-        let want = if i % 100 == 0 { 2 } else { 1 };
-        assert_eq!(c.get(k), Some(&want), "{k}");
-    }
+    assert_each_key(&c, &keys, 0);
 }
 
 #[test]
@@ -566,25 +568,15 @@ fn keyed_process_values_checkpoint_incrementally() {
             })
             .unwrap()
     };
-    let input = host.topic("in", Some(2)).unwrap();
-    let keys: Vec<String> = (0..60_000).map(|i| format!("key-{i:06}")).collect();
-    for (p, chunk) in keys.chunks(30_000).enumerate() {
-        for c in chunk.chunks(5_000) {
-            let recs: Vec<(&str, i64)> = c.iter().map(|k| (k.as_str(), 1)).collect();
-            append(&input[p], &recs);
-        }
-    }
+    let (input, keys) = sixty_thousand_keys(&host);
     let p = start(&make(2), host.clone(), rt.handle().clone()).unwrap();
     wait_for("every key", || p.metrics().records_read == 60_000);
     let load = p.stop().unwrap();
     assert!(load.state_change_bytes > 60_000 * 8, "{load:?}");
 
     let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
-    let again: Vec<(&str, i64)> = keys.iter().step_by(100).map(|k| (k.as_str(), 2)).collect();
-    append(&input[0], &again);
-    wait_for("the update", || {
-        p.metrics().records_read == again.len() as u64
-    });
+    let again = every_hundredth_again(&input, &keys);
+    wait_for("the update", || p.metrics().records_read == again);
     let m = p.stop().unwrap();
     assert!(
         m.state_change_bytes > 0 && m.state_change_bytes * 20 < load.state_change_bytes,
@@ -595,10 +587,7 @@ fn keyed_process_values_checkpoint_incrementally() {
     let out = host.topic("out", Some(2)).unwrap();
     let c = latest(&out);
     assert_eq!(c.len(), 60_000);
-    for (i, k) in keys.iter().enumerate() {
-        let want = if i % 100 == 0 { 2 } else { 1 };
-        assert_eq!(c.get(k), Some(&want), "{k}");
-    }
+    assert_each_key(&c, &keys, 0);
 
     // The watermark passes every timer, after a restart at yet another parallelism.
     let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
@@ -608,10 +597,7 @@ fn keyed_process_values_checkpoint_incrementally() {
     });
     p.stop().unwrap();
     let c = latest(&out);
-    for (i, k) in keys.iter().enumerate() {
-        let want = if i % 100 == 0 { 1_002 } else { 1_001 };
-        assert_eq!(c.get(k), Some(&want), "{k}");
-    }
+    assert_each_key(&c, &keys, 1_000);
 }
 
 /// 20 M keys of state on the disk backend under a 256 MiB budget: the load stays within the budget, a round
