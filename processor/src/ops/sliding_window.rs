@@ -35,15 +35,21 @@
 //! `due` lists, by window start, the keys that may have a window starting there (two entries per distinct
 //! timestamp: its left and its right window), so a watermark visits only keys with something to close.
 //!
+//! The per-key records are [`KeyedState`]: a checkpoint writes the keys whose records changed, and the disk
+//! backend can hold more than memory. `due` is derived from them (rebuilt when the state is bound or
+//! restored, never written), and so is `count`.
+//!
 //! Invariants: every window starting at or before `closed_upto` has been emitted or never will be; `closed_upto`
 //! only grows; after each firing every record kept has `t >= closed_upto`; `due` holds an entry at `s` for
 //! every key with a window starting at `s > closed_upto` (it may hold stale entries too: harmless, a key with
 //! nothing to close is skipped).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::aggregate::Aggregator;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::keyed_state::KeyedState;
+use crate::operator::TaskInfo;
 use crate::record::WindowResult;
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
 
@@ -58,11 +64,45 @@ pub(crate) enum Admit {
     Late,
 }
 
+/// One key's records: an accumulator per distinct timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Records<Acc>(BTreeMap<i64, Acc>);
+
+impl<Acc> Default for Records<Acc> {
+    fn default() -> Self {
+        Records(BTreeMap::new())
+    }
+}
+
+impl<Acc: StateCodec> StateCodec for Records<Acc> {
+    fn encode(&self, w: &mut StateWriter) {
+        w.u32(self.0.len() as u32);
+        for (ts, acc) in &self.0 {
+            w.i64(*ts);
+            acc.encode(w);
+        }
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let mut records = BTreeMap::new();
+        for _ in 0..r.count(8)? {
+            let ts = r.i64()?;
+            if records.insert(ts, Acc::decode(r)?).is_some() {
+                return Err(Error::CorruptState(
+                    "sliding window: a timestamp twice".into(),
+                ));
+            }
+        }
+        Ok(Records(records))
+    }
+}
+
 pub(crate) struct SlidingWindows<K, Acc> {
     /// The time difference `d`: windows are `[s, s + d]`.
     diff: i64,
     lateness: i64,
-    keys: HashMap<K, BTreeMap<i64, Acc>>,
+    keys: KeyedState<K, Records<Acc>>,
+    /// Records held (distinct timestamps over all keys).
+    count: usize,
     due: BTreeMap<i64, Vec<K>>,
     /// Windows starting at or before this have closed.
     closed_upto: i64,
@@ -74,11 +114,39 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
         SlidingWindows {
             diff,
             lateness,
-            keys: HashMap::new(),
+            keys: KeyedState::new(),
+            count: 0,
             due: BTreeMap::new(),
             closed_upto: i64::MIN,
             starts: Vec::new(),
         }
+    }
+
+    /// Binds the records to the task's backend (as the operator's state `sliding`) and lists them.
+    pub(crate) fn bind(&mut self, task: &TaskInfo) {
+        self.keys.bind_named(task, "sliding");
+        // A failed read of the store is recorded by the backend, which fails the pipeline.
+        let _ = self.rebuild();
+    }
+
+    /// Lists every key's windows in `due` again, and counts the records.
+    fn rebuild(&mut self) -> Result<()> {
+        let (mut due, mut count) = (BTreeMap::<i64, Vec<K>>::new(), 0);
+        let d = self.diff;
+        self.keys.for_each(|key, records| {
+            for ts in records.0.keys() {
+                count += 1;
+                due.entry(ts.saturating_sub(d))
+                    .or_default()
+                    .push(key.clone());
+                due.entry(ts.saturating_add(1))
+                    .or_default()
+                    .push(key.clone());
+            }
+        })?;
+        self.due = due;
+        self.count = count;
+        Ok(())
     }
 
     /// The largest window start closed at `watermark`: `s + d + 1 + lateness <= watermark`.
@@ -103,29 +171,38 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
         if ts < self.closed_upto {
             return Admit::Late;
         }
-        if !self.keys.contains_key(key) {
-            // Looked up first so that a key already held is not cloned.
-            self.keys.insert(key.to_stored(), BTreeMap::new());
-        }
-        let Some(records) = self.keys.get_mut(key) else {
-            return Admit::Late;
-        };
-        match records.get_mut(&ts) {
-            Some(acc) => agg.add(acc, item),
+        let add = |records: &mut Records<Acc>| match records.0.get_mut(&ts) {
+            Some(acc) => {
+                agg.add(acc, item);
+                false
+            }
             None => {
                 let mut acc = agg.init();
                 agg.add(&mut acc, item);
-                records.insert(ts, acc);
-                // A new timestamp may start two windows: its left one and its right one.
-                self.due
-                    .entry(ts.saturating_sub(self.diff))
-                    .or_default()
-                    .push(key.clone());
-                self.due
-                    .entry(ts.saturating_add(1))
-                    .or_default()
-                    .push(key.clone());
+                records.0.insert(ts, acc);
+                true
             }
+        };
+        let new_ts = match self.keys.get_mut(key) {
+            Some(records) => add(records),
+            None => {
+                let mut records = Records::default();
+                add(&mut records);
+                self.keys.put(key.clone(), records);
+                true
+            }
+        };
+        if new_ts {
+            self.count += 1;
+            // A new timestamp may start two windows: its left one and its right one.
+            self.due
+                .entry(ts.saturating_sub(self.diff))
+                .or_default()
+                .push(key.to_stored());
+            self.due
+                .entry(ts.saturating_add(1))
+                .or_default()
+                .push(key.to_stored());
         }
         if ts.saturating_sub(self.diff) <= self.closed_upto {
             Admit::PartiallyLate
@@ -164,7 +241,7 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
         let mut results: Vec<(i64, K, A::Out)> = Vec::new();
         let mut starts = std::mem::take(&mut self.starts);
         for key in keys {
-            let Some(records) = self.keys.get_mut(&key) else {
+            let Some(Records(records)) = self.keys.get_mut(&key) else {
                 continue;
             };
             starts.clear();
@@ -200,7 +277,9 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
                 results.push((s, key.clone(), agg.finish(&acc)));
             }
             // Records before `new` are in no open window and start no open one.
+            let before = records.len();
             *records = records.split_off(&new);
+            self.count = self.count.saturating_sub(before - records.len());
             if records.is_empty() {
                 self.keys.remove(&key);
             }
@@ -219,51 +298,40 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
     }
 
     pub(crate) fn entries(&self) -> usize {
-        self.keys.values().map(BTreeMap::len).sum()
+        self.count
     }
 
-    /// Forgets every window, as of `watermark`.
+    /// Forgets what is due, as of `watermark` (after a restore that had no sliding windows: the state holds
+    /// none either).
     pub(crate) fn reset(&mut self, watermark: i64) {
-        self.keys.clear();
         self.due.clear();
         self.closed_upto = self.threshold(watermark);
     }
 
-    pub(crate) fn encode(&self, w: &mut StateWriter) {
-        w.u32(self.keys.len() as u32);
-        for (k, records) in &self.keys {
-            k.encode(w);
-            w.u32(records.len() as u32);
-            for (ts, acc) in records {
-                w.i64(*ts);
-                acc.encode(w);
-            }
-        }
+    /// At a checkpoint: a bound state stages the keys whose records changed; an unbound one writes them all.
+    pub(crate) fn checkpoint(&mut self, w: &mut StateWriter) {
+        let mut bytes = Vec::new();
+        self.keys.checkpoint(&mut bytes);
+        w.bytes(&bytes);
     }
 
-    /// Reads what `encode` wrote; `watermark` is the restored watermark (it decides what has closed).
-    pub(crate) fn decode(&mut self, r: &mut StateReader<'_>, watermark: i64) -> Result<()> {
-        self.reset(watermark);
+    /// Restores what `checkpoint` wrote; `watermark` is the restored watermark (it decides what has closed).
+    pub(crate) fn restore(&mut self, r: &mut StateReader<'_>, watermark: i64) -> Result<()> {
+        self.keys.restore(r.bytes()?)?;
+        self.closed_upto = self.threshold(watermark);
+        self.rebuild()
+    }
+
+    /// Reads the records of a snapshot from before they were keyed state (every key inline), into the state.
+    pub(crate) fn restore_inline(&mut self, r: &mut StateReader<'_>, watermark: i64) -> Result<()> {
         for _ in 0..r.count(5)? {
             let k = K::decode(r)?;
-            let mut records = BTreeMap::new();
-            for _ in 0..r.count(8)? {
-                let ts = r.i64()?;
-                let acc = Acc::decode(r)?;
-                self.due
-                    .entry(ts.saturating_sub(self.diff))
-                    .or_default()
-                    .push(k.clone());
-                self.due
-                    .entry(ts.saturating_add(1))
-                    .or_default()
-                    .push(k.clone());
-                records.insert(ts, acc);
-            }
-            if !records.is_empty() {
-                self.keys.insert(k, records);
+            let records = Records::<Acc>::decode(r)?;
+            if !records.0.is_empty() {
+                self.keys.put(k, records);
             }
         }
-        Ok(())
+        self.closed_upto = self.threshold(watermark);
+        self.rebuild()
     }
 }
