@@ -527,6 +527,21 @@ fn sliding_window_checkpoints_are_incremental_on_both_backends() {
 }
 
 #[test]
+fn global_window_checkpoints_are_incremental_on_both_backends() {
+    for backend in [
+        millrace_processor::keyed_state::BackendKind::Memory,
+        millrace_processor::keyed_state::BackendKind::Disk,
+    ] {
+        windows_checkpoint_only_the_accumulators_that_changed(
+            backend,
+            Window::global(millrace_processor::trigger::Trigger::event_time(
+                Duration::from_secs(1_000),
+            )),
+        );
+    }
+}
+
+#[test]
 fn session_checkpoints_are_incremental_on_both_backends() {
     for backend in [
         millrace_processor::keyed_state::BackendKind::Memory,

@@ -24,25 +24,60 @@
 //! [`Pane`]; with a purging trigger a key is forgotten when it fires, with an accumulating one it is kept.
 //! `pending` (time triggers that visit keys) lists the keys with pending elements, possibly twice or stale
 //! (cleaned at each time firing); `due` (event-time triggers) lists keys by the multiple at which they are due.
+//! The per-key state is [`KeyedState`] (a checkpoint writes the keys that changed; the disk backend can hold
+//! more than memory); `pending`, `due` and `count` are derived from it (rebuilt when it is bound or restored).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::aggregate::Aggregator;
 use crate::error::{Error, Result};
+use crate::keyed_state::KeyedState;
+use crate::operator::TaskInfo;
 use crate::record::WindowResult;
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
 use crate::trigger::{floor_to, CustomTrigger, Pane, Trigger, TriggerKind};
 
-struct KeyState<Acc> {
+/// One key's global window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyState<Acc> {
     acc: Acc,
     pane: Pane,
     /// The largest event time in `acc` (differs from `pane.max_ts` only when accumulating).
     acc_max_ts: i64,
 }
 
+impl<Acc: StateCodec> StateCodec for KeyState<Acc> {
+    fn encode(&self, w: &mut StateWriter) {
+        self.acc.encode(w);
+        w.u64(self.pane.count);
+        w.i64(self.pane.min_ts);
+        w.i64(self.pane.max_ts);
+        w.i64(self.acc_max_ts);
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let acc = Acc::decode(r)?;
+        let pane = Pane {
+            count: r.u64()?,
+            min_ts: r.i64()?,
+            max_ts: r.i64()?,
+        };
+        let acc_max_ts = r.i64()?;
+        if pane.count > 0 && pane.min_ts > pane.max_ts {
+            return Err(Error::CorruptState("global window pane bounds".into()));
+        }
+        Ok(KeyState {
+            acc,
+            pane,
+            acc_max_ts,
+        })
+    }
+}
+
 pub(crate) struct GlobalWindows<K, Acc> {
     trigger: Trigger,
-    keys: HashMap<K, KeyState<Acc>>,
+    keys: KeyedState<K, KeyState<Acc>>,
+    /// Keys held.
+    count: usize,
     pending: Vec<K>,
     due: BTreeMap<i64, Vec<K>>,
     /// The multiple of the processing-time interval last fired at (None: not since the start).
@@ -55,11 +90,42 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
     pub(crate) fn new(trigger: Trigger) -> Self {
         GlobalWindows {
             trigger,
-            keys: HashMap::new(),
+            keys: KeyedState::new(),
+            count: 0,
             pending: Vec::new(),
             due: BTreeMap::new(),
             pt_fired: None,
         }
+    }
+
+    /// Binds the keys' state to the task's backend (as the operator's state `global`) and lists them.
+    pub(crate) fn bind(&mut self, task: &TaskInfo) {
+        self.keys.bind_named(task, "global");
+        // A failed read of the store is recorded by the backend, which fails the pipeline.
+        let _ = self.rebuild();
+    }
+
+    /// Lists the keys with pending elements (and when they are due) again, and counts the keys.
+    fn rebuild(&mut self) -> Result<()> {
+        let (mut pending, mut due, mut count) = (Vec::new(), BTreeMap::<i64, Vec<K>>::new(), 0);
+        let trigger = self.trigger;
+        self.keys.for_each(|k, s| {
+            count += 1;
+            if s.pane.count > 0 {
+                if trigger.tracks_pending() {
+                    pending.push(k.clone());
+                }
+                if let TriggerKind::EventTime { interval_ms } = trigger.kind {
+                    due.entry(Self::due_at(interval_ms, s.pane.min_ts))
+                        .or_default()
+                        .push(k.clone());
+                }
+            }
+        })?;
+        self.pending = pending;
+        self.due = due;
+        self.count = count;
+        Ok(())
     }
 
     /// The multiple of the interval at which a pane whose smallest timestamp is `min_ts` is due.
@@ -75,14 +141,14 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
         item: &T,
         emit: Emit<'_, K, A::Out>,
     ) {
-        if !self.keys.contains_key(key) {
-            // Looked up first so that a key already held is not cloned.
+        if self.keys.get_mut(key).is_none() {
             let fresh = KeyState {
                 acc: agg.init(),
                 pane: Pane::EMPTY,
                 acc_max_ts: i64::MIN,
             };
-            self.keys.insert(key.to_stored(), fresh);
+            self.keys.put(key.clone(), fresh);
+            self.count += 1;
         }
         let Some(state) = self.keys.get_mut(key) else {
             return;
@@ -134,6 +200,7 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
         };
         if self.trigger.purge {
             self.keys.remove(key);
+            self.count = self.count.saturating_sub(1);
         } else {
             state.pane = Pane::EMPTY;
         }
@@ -237,64 +304,42 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
     }
 
     pub(crate) fn entries(&self) -> usize {
-        self.keys.len()
+        self.count
     }
 
-    /// Forgets every key (a restore starts from here; processing time starts over).
+    /// Forgets what is pending (a restore starts from here; processing time starts over).
     pub(crate) fn reset(&mut self) {
-        self.keys.clear();
         self.pending.clear();
         self.due.clear();
         self.pt_fired = None;
     }
 
-    pub(crate) fn encode(&self, w: &mut StateWriter) {
-        w.u32(self.keys.len() as u32);
-        for (k, s) in &self.keys {
-            k.encode(w);
-            s.acc.encode(w);
-            w.u64(s.pane.count);
-            w.i64(s.pane.min_ts);
-            w.i64(s.pane.max_ts);
-            w.i64(s.acc_max_ts);
-        }
+    /// At a checkpoint: a bound state stages the keys that changed; an unbound one writes them all.
+    pub(crate) fn checkpoint(&mut self, w: &mut StateWriter) {
+        let mut bytes = Vec::new();
+        self.keys.checkpoint(&mut bytes);
+        w.bytes(&bytes);
     }
 
-    /// Reads what `encode` wrote and rebuilds the indexes over it.
-    pub(crate) fn decode(&mut self, r: &mut StateReader<'_>) -> Result<()> {
+    /// Restores what `checkpoint` wrote.
+    pub(crate) fn restore(&mut self, r: &mut StateReader<'_>) -> Result<()> {
         self.reset();
+        self.keys.restore(r.bytes()?)?;
+        self.rebuild()
+    }
+
+    /// Reads a snapshot from before the keys were keyed state (every key inline) into the state.
+    pub(crate) fn restore_inline(&mut self, r: &mut StateReader<'_>) -> Result<()> {
+        self.reset();
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..r.count(32)? {
             let k = K::decode(r)?;
-            let acc = Acc::decode(r)?;
-            let pane = Pane {
-                count: r.u64()?,
-                min_ts: r.i64()?,
-                max_ts: r.i64()?,
-            };
-            let acc_max_ts = r.i64()?;
-            if pane.count > 0 && pane.min_ts > pane.max_ts {
-                return Err(Error::CorruptState("global window pane bounds".into()));
+            let state = KeyState::<Acc>::decode(r)?;
+            if !seen.insert(k.clone()) {
+                return Err(Error::CorruptState("global window: a key twice".into()));
             }
-            if pane.count > 0 {
-                if self.trigger.tracks_pending() {
-                    self.pending.push(k.clone());
-                }
-                if let TriggerKind::EventTime { interval_ms } = self.trigger.kind {
-                    self.due
-                        .entry(Self::due_at(interval_ms, pane.min_ts))
-                        .or_default()
-                        .push(k.clone());
-                }
-            }
-            self.keys.insert(
-                k,
-                KeyState {
-                    acc,
-                    pane,
-                    acc_max_ts,
-                },
-            );
+            self.keys.put(k, state);
         }
-        Ok(())
+        self.rebuild()
     }
 }

@@ -12,8 +12,8 @@
 //! and on the disk backend they may be more than memory holds. `fixed_keys` lists the keys of every open
 //! window, so that a window that closes is emitted without a pass over all the state; it is derived (rebuilt
 //! from the state at a restore, never written). Sessions are keyed state as well (per key, its open sessions),
-//! with `session_ends` their derived index, and so are sliding windows (see [`super::sliding_window`]).
-//! Global windows are snapshotted whole.
+//! with `session_ends` their derived index, and so are sliding and global windows (see
+//! [`super::sliding_window`], [`super::global_window`]).
 //!
 //! Invariants:
 //! - every window held is still open: `end + lateness > watermark`;
@@ -395,6 +395,7 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         self.fixed.bind(task);
         self.sessions.bind_named(task, "sessions");
         self.sliding.bind(task);
+        self.global.bind(task);
         // A failed read of the store is recorded by the backend, which fails the pipeline.
         let _ = self.rebuild_fixed_keys();
         let _ = self.rebuild_session_ends();
@@ -455,8 +456,8 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         let mut w = StateWriter {
             buf: std::mem::take(state),
         };
-        // Version 3: the counters; fixed windows, sessions and sliding windows as keyed state (a bound state
-        // stages its changes and writes nothing here); then global windows.
+        // Version 3: the counters, then fixed windows, sessions, sliding and global windows, each as keyed state
+        // (a bound state stages its changes and writes nothing here).
         w.u8(STATE_VERSION);
         w.i64(self.watermark);
         w.u64(self.late_records);
@@ -468,7 +469,7 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         self.sessions.checkpoint(&mut sessions);
         w.bytes(&sessions);
         self.sliding.checkpoint(&mut w);
-        self.global.encode(&mut w);
+        self.global.checkpoint(&mut w);
         *state = w.buf;
     }
 
@@ -525,10 +526,10 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         self.rebuild_session_ends()?;
         if version >= 3 {
             self.sliding.restore(&mut r, self.watermark)?;
-            self.global.decode(&mut r)?;
+            self.global.restore(&mut r)?;
         } else if version == 2 {
             self.sliding.restore_inline(&mut r, self.watermark)?;
-            self.global.decode(&mut r)?;
+            self.global.restore_inline(&mut r)?;
         } else {
             self.sliding.reset(self.watermark);
             self.global.reset();
