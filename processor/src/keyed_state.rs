@@ -169,9 +169,18 @@ impl StateBackend {
     /// Changed state has grown past a quarter of the memory budget: a checkpoint would let it be evicted.
     /// (A quarter: up to two checkpoints may be on their way to the store, their entries not yet evictable,
     /// while the next quarter changes; together they stay within the budget.)
+    ///
+    /// Also when resident state is past the budget and every sealed epoch is in the store: the entries are
+    /// then all evictable, and the checkpoint evicts them (see [`KeyedState::checkpoint`]), which matters
+    /// when the input has stopped and no access would.
     pub fn wants_checkpoint(&self) -> bool {
-        self.kind == BackendKind::Disk
-            && self.dirty.load(Ordering::Relaxed) > self.state_budget() / 2
+        if self.kind != BackendKind::Disk {
+            return false;
+        }
+        let all_applied =
+            self.applied.load(Ordering::Acquire) + 1 >= self.epoch.load(Ordering::Acquire);
+        self.dirty.load(Ordering::Relaxed) > self.state_budget() / 2
+            || (all_applied && self.resident.load(Ordering::Relaxed) > self.state_budget())
     }
 
     /// Estimated bytes of keyed state held in memory (all instances), with the store's indexes and filters.

@@ -1258,7 +1258,10 @@ fn commit(shared: &Shared, job: CommitJob) -> Result<()> {
     }
     if !has_outputs && offsets == c.committed_offsets && changes.is_empty() {
         shared.state.mark_applied(epoch);
-        shared.metrics.lock().checkpoint_rounds += 1;
+        let mut m = shared.metrics.lock();
+        m.checkpoint_rounds += 1;
+        // A round without a commit may still have evicted state (see KeyedState::checkpoint).
+        m.state_resident_bytes = shared.state.resident_bytes() as u64;
         return Ok(());
     }
 

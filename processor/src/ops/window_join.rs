@@ -12,16 +12,24 @@
 //!   an element can be late for some of its windows only: it joins the open ones and is counted in
 //!   `partially_late`.
 //!
+//! The cells are [`KeyedState`]: per key, its open windows' cells, so a checkpoint writes the keys that
+//! received elements since the last one, and the disk backend can hold more than memory. `ends` lists the
+//! keys of every open window (derived: rebuilt when the state is bound or restored, never written).
+//!
 //! Invariants: `watermark` only grows; every window held is open (`end > watermark`); a hopping window's
-//! elements are copies (an element is cloned into each of its windows).
+//! elements are copies (an element is cloned into each of its windows); `cells[key]` has a cell for `end`
+//! exactly when `ends[end]` lists `key` (once); `held` counts the elements in all cells.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::join::{Either, JoinKind};
+use crate::keyed_state::KeyedState;
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Collector, Operator};
+use crate::operator::{Collector, Operator, TaskInfo};
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
 use crate::window::Window;
 
@@ -29,12 +37,60 @@ use crate::window::Window;
 pub type WindowJoinFn<K, L, R, O> =
     Arc<dyn Fn(&K, Option<&L>, Option<&R>, i64, i64) -> O + Send + Sync>;
 
-const STATE_VERSION: u8 = 1;
+/// Version 2 keeps the cells in keyed state; version 1 (every cell in the snapshot) is still read.
+const STATE_VERSION: u8 = 2;
 
 /// What one key collected in one window.
-struct Cell<L, R> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell<L, R> {
     left: Vec<L>,
     right: Vec<R>,
+}
+
+/// One key's cells, by window end (sorted; a tumbling window has one open at a time, kept inline).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cells<L, R>(SmallVec<[(i64, Cell<L, R>); 1]>);
+
+impl<L, R> Default for Cells<L, R> {
+    fn default() -> Self {
+        Cells(SmallVec::new())
+    }
+}
+
+impl<L: StateCodec, R: StateCodec> StateCodec for Cells<L, R> {
+    fn encode(&self, w: &mut StateWriter) {
+        w.u32(self.0.len() as u32);
+        for (end, cell) in &self.0 {
+            w.i64(*end);
+            write_list(w, &cell.left);
+            write_list(w, &cell.right);
+        }
+    }
+    fn decode(r: &mut StateReader<'_>) -> Result<Self> {
+        let mut cells = Cells::default();
+        // A cell takes its end and two list counts (16 bytes).
+        for _ in 0..r.count(16)? {
+            let end = r.i64()?;
+            let cell = Cell {
+                left: read_list(r)?,
+                right: read_list(r)?,
+            };
+            if cells.0.last().is_some_and(|c| c.0 >= end) {
+                return Err(Error::CorruptState(
+                    "window join: cells out of order".into(),
+                ));
+            }
+            cells.0.push((end, cell));
+        }
+        Ok(cells)
+    }
+}
+
+fn write_list<T: StateCodec>(w: &mut StateWriter, v: &[T]) {
+    w.u32(v.len() as u32);
+    for x in v {
+        x.encode(w);
+    }
 }
 
 impl<L, R> Default for Cell<L, R> {
@@ -52,15 +108,17 @@ pub struct WindowJoin<K, L, R, O> {
     size: i64,
     f: WindowJoinFn<K, L, R, O>,
     watermark: i64,
-    /// Open windows by end.
-    windows: BTreeMap<i64, HashMap<K, Cell<L, R>>>,
+    /// Per key, its open windows' cells.
+    cells: KeyedState<K, Cells<L, R>>,
+    /// The keys of each open window, by end.
+    ends: BTreeMap<i64, Vec<K>>,
     scratch: Vec<i64>,
     held: u64,
     late_records: u64,
     partially_late: u64,
 }
 
-impl<K: Key, L: Clone, R: Clone, O> WindowJoin<K, L, R, O> {
+impl<K: Key, L: StateCodec + Clone, R: StateCodec + Clone, O> WindowJoin<K, L, R, O> {
     /// Fails (with [`Error::Invalid`]) for session windows, which have no fixed assignment to join in, and
     /// for windows that do not validate.
     pub fn new(kind: JoinKind, window: Window, f: WindowJoinFn<K, L, R, O>) -> Result<Self> {
@@ -82,7 +140,8 @@ impl<K: Key, L: Clone, R: Clone, O> WindowJoin<K, L, R, O> {
             size,
             f,
             watermark: i64::MIN,
-            windows: BTreeMap::new(),
+            cells: KeyedState::new(),
+            ends: BTreeMap::new(),
             scratch: Vec::new(),
             held: 0,
             late_records: 0,
@@ -116,35 +175,82 @@ impl<K: Key, L: Clone, R: Clone, O> WindowJoin<K, L, R, O> {
         } else if ends.len() < assigned {
             self.partially_late += 1;
         }
-        let mut item = Some(item);
-        let mut key = Some(key);
-        for (i, &end) in ends.iter().enumerate() {
-            let last = i + 1 == ends.len();
-            let (Some(v), Some(k)) = (
-                if last { item.take() } else { item.clone() },
-                if last { key.take() } else { key.clone() },
-            ) else {
-                break;
+        if !ends.is_empty() {
+            let (index, held) = (&mut self.ends, &mut self.held);
+            let add = |cells: &mut Cells<L, R>| {
+                let mut item = Some(item);
+                for (i, &end) in ends.iter().enumerate() {
+                    let Some(v) = (if i + 1 == ends.len() {
+                        item.take()
+                    } else {
+                        item.clone()
+                    }) else {
+                        break;
+                    };
+                    let at = cells.0.partition_point(|c| c.0 < end);
+                    if cells.0.get(at).is_none_or(|c| c.0 != end) {
+                        cells.0.insert(at, (end, Cell::default()));
+                        // Detached from the read buffer, as the state stores a new key.
+                        index.entry(end).or_default().push(key.to_stored());
+                    }
+                    if let Some((_, cell)) = cells.0.get_mut(at) {
+                        side(cell).push(v);
+                        *held += 1;
+                    }
+                }
             };
-            let per_key = self.windows.entry(end).or_default();
-            side(per_key.entry(k).or_default()).push(v);
-            self.held += 1;
+            match self.cells.get_mut(&key) {
+                Some(cells) => add(cells),
+                None => {
+                    let mut cells = Cells::default();
+                    add(&mut cells);
+                    self.cells.put(key, cells);
+                }
+            }
         }
         self.scratch = ends;
     }
 
+    /// Lists every open window's keys again from the state, and counts the elements.
+    fn rebuild(&mut self) -> Result<()> {
+        let (mut index, mut held) = (BTreeMap::<i64, Vec<K>>::new(), 0u64);
+        self.cells.for_each(|key, cells| {
+            for (end, cell) in &cells.0 {
+                index.entry(*end).or_default().push(key.clone());
+                held += (cell.left.len() + cell.right.len()) as u64;
+            }
+        })?;
+        self.ends = index;
+        self.held = held;
+        Ok(())
+    }
+
     fn fire(&mut self, out: &mut dyn Collector<O>) {
-        while let Some((&end, _)) = self.windows.first_key_value() {
+        while let Some((&end, _)) = self.ends.first_key_value() {
             if !self.closed(end) {
                 break;
             }
-            let Some((_, per_key)) = self.windows.pop_first() else {
+            let Some((_, mut keys)) = self.ends.pop_first() else {
                 break;
             };
             let start = end.saturating_sub(self.size);
             let ts = end.saturating_sub(1);
-            let mut cells: Vec<(K, Cell<L, R>)> = per_key.into_iter().collect();
-            cells.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            keys.sort_unstable();
+            keys.dedup();
+            let mut cells: Vec<(K, Cell<L, R>)> = Vec::with_capacity(keys.len());
+            for key in keys {
+                let Some(per_key) = self.cells.get_mut(&key) else {
+                    continue; // only if the state store failed, which fails the pipeline
+                };
+                let Some(at) = per_key.0.iter().position(|c| c.0 == end) else {
+                    continue;
+                };
+                let (_, cell) = per_key.0.remove(at);
+                if per_key.0.is_empty() {
+                    self.cells.remove(&key);
+                }
+                cells.push((key, cell));
+            }
             for (key, cell) in cells {
                 self.held -= (cell.left.len() + cell.right.len()) as u64;
                 if cell.right.is_empty() {
@@ -188,6 +294,12 @@ where
 {
     type Out = O;
 
+    fn on_start(&mut self, task: &TaskInfo) {
+        self.cells.bind(task);
+        // A failed read of the store is recorded by the backend, which fails the pipeline.
+        let _ = self.rebuild();
+    }
+
     fn process(
         &mut self,
         timestamp: i64,
@@ -216,29 +328,16 @@ where
         w.i64(self.watermark);
         w.u64(self.late_records);
         w.u64(self.partially_late);
-        w.u32(self.windows.len() as u32);
-        for (end, per_key) in &self.windows {
-            w.i64(*end);
-            w.u32(per_key.len() as u32);
-            for (key, cell) in per_key {
-                key.encode(&mut w);
-                w.u32(cell.left.len() as u32);
-                for l in &cell.left {
-                    l.encode(&mut w);
-                }
-                w.u32(cell.right.len() as u32);
-                for r in &cell.right {
-                    r.encode(&mut w);
-                }
-            }
-        }
+        let mut cells = Vec::new();
+        self.cells.checkpoint(&mut cells);
+        w.bytes(&cells);
         *state = w.buf;
     }
 
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
         let mut r = StateReader::new(state);
         let version = r.u8()?;
-        if version != STATE_VERSION {
+        if version != 1 && version != STATE_VERSION {
             return Err(Error::CorruptState(format!(
                 "window join state version {version}"
             )));
@@ -246,30 +345,35 @@ where
         self.watermark = r.i64()?;
         self.late_records = r.u64()?;
         self.partially_late = r.u64()?;
-        self.windows.clear();
-        self.held = 0;
-        // A window takes its end and key count (12); a cell its two list counts (8).
-        for _ in 0..r.count(12)? {
-            let end = r.i64()?;
-            let n = r.count(8)?;
-            let mut per_key = HashMap::with_capacity(n);
-            for _ in 0..n {
-                let key = K::decode(&mut r)?;
-                let cell = Cell {
-                    left: read_list(&mut r)?,
-                    right: read_list(&mut r)?,
-                };
-                self.held += (cell.left.len() + cell.right.len()) as u64;
-                if per_key.insert(key, cell).is_some() {
-                    return Err(Error::CorruptState(
-                        "window join: a key twice in a window".into(),
-                    ));
+        if version == STATE_VERSION {
+            self.cells.restore(r.bytes()?)?;
+        } else {
+            // Every cell in the snapshot, by window: put into the state (into the store at the next
+            // checkpoint).
+            let mut all: BTreeMap<K, Cells<L, R>> = BTreeMap::new();
+            // A window takes its end and key count (12); a cell its two list counts (8).
+            for _ in 0..r.count(12)? {
+                let end = r.i64()?;
+                for _ in 0..r.count(8)? {
+                    let key = K::decode(&mut r)?;
+                    let cell = Cell {
+                        left: read_list(&mut r)?,
+                        right: read_list(&mut r)?,
+                    };
+                    let cells = all.entry(key).or_default();
+                    if cells.0.last().is_some_and(|c| c.0 >= end) {
+                        return Err(Error::CorruptState(
+                            "window join: a key twice in a window".into(),
+                        ));
+                    }
+                    cells.0.push((end, cell));
                 }
             }
-            if self.windows.insert(end, per_key).is_some() {
-                return Err(Error::CorruptState("window join: a window twice".into()));
+            for (key, cells) in all {
+                self.cells.put(key, cells);
             }
         }
+        self.rebuild()?;
         if !r.is_empty() {
             return Err(Error::CorruptState(
                 "trailing bytes in window join state".into(),
