@@ -132,12 +132,13 @@ impl<K: Key, L, R> Keys<K, L, R> {
             left: Side::default(),
             right: Side::default(),
         };
+        // A freed slot is one `sweep` emptied, so it is in range; pushed otherwise.
         let i = match self.free.pop() {
-            Some(i) => {
+            Some(i) if (i as usize) < self.slots.len() => {
                 self.slots[i as usize] = Some(pair);
                 i
             }
-            None => {
+            _ => {
                 self.slots.push(Some(pair));
                 (self.slots.len() - 1) as u32
             }
