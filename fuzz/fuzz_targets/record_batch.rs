@@ -13,7 +13,12 @@ fuzz_target!(|data: &[u8]| {
         if header.compression().ok() == Some(millrace_protocol::records::Compression::None) {
             let start = slice.as_ptr() as usize - data.as_ptr() as usize;
             let body = all.slice(start + BATCH_HEADER_LEN..start + slice.len());
-            for rec in RecordIter::new(body, header.base_offset, header.base_timestamp, header.records_count) {
+            for rec in RecordIter::new(
+                body,
+                header.base_offset,
+                header.base_timestamp,
+                header.records_count,
+            ) {
                 if rec.is_err() {
                     break;
                 }

@@ -10,8 +10,12 @@ use millrace_protocol::{api_info, RequestBody};
 
 fuzz_target!(|data: &[u8]| {
     let mut r = Reader::new(Bytes::copy_from_slice(data));
-    let Ok(mut header) = RequestHeader::decode_prefix(&mut r) else { return };
-    let Some(api) = api_info(header.api_key) else { return };
+    let Ok(mut header) = RequestHeader::decode_prefix(&mut r) else {
+        return;
+    };
+    let Some(api) = api_info(header.api_key) else {
+        return;
+    };
     if header.api_version < api.min_version || header.api_version > api.max_version {
         return;
     }
@@ -23,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         let mut w = Writer::new();
         header.encode(&mut w, flexible);
         // Values decoded from the wire are representable at the version they came in.
-        body.encode(&mut w, header.api_version).expect("re-encode of a decoded request");
+        body.encode(&mut w, header.api_version)
+            .expect("re-encode of a decoded request");
     }
 });
