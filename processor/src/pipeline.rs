@@ -837,9 +837,10 @@ fn same_pipeline(a: &Shared, b: &Shared) -> bool {
 impl<K: Key, T: Clone + Send + StateCodec + 'static> KeyedStream<K, T> {
     /// Joins each element with the row of `table` for its key that was current at the element's event time
     /// (the row with the largest time at or before it; a tombstone there means none), as Flink's temporal
-    /// join `FOR SYSTEM_TIME AS OF`. Elements wait until the watermark passes them, so a row that arrives a
-    /// little after an element but is older than it is still found. `kind`: `Inner` drops elements without
-    /// a row, `Left` gives `f` None.
+    /// join `FOR SYSTEM_TIME AS OF`. An element is joined once the table's own watermark passes it (at once
+    /// when the table is ahead), or the step's watermark does (when the table's source is idle), so a row
+    /// that arrives a little after an element but is older than it is still found. `kind`: `Inner` drops
+    /// elements without a row, `Left` gives `f` None.
     pub fn join_table<V, O>(
         self,
         table: &Table<K, V>,
