@@ -105,6 +105,14 @@ impl BatchHeader {
         if h.last_offset_delta < 0 || h.records_count < 0 {
             return Err(Error::CorruptBatch("negative record count or offset delta"));
         }
+        // Every reader computes the next offset as `last_offset() + 1`: a batch whose last offset is the
+        // largest i64 (or beyond) cannot be followed, and would overflow that sum.
+        if h.base_offset
+            .checked_add(i64::from(h.last_offset_delta) + 1)
+            .is_none()
+        {
+            return Err(Error::CorruptBatch("last offset out of range"));
+        }
         Ok(h)
     }
 
@@ -230,4 +238,30 @@ pub fn set_producer(
     let crc = crc32c::crc32c(&buf[CRC_START..]);
     buf[17..21].copy_from_slice(&crc.to_be_bytes());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::BatchBuilder;
+
+    /// A stored batch whose last offset would be i64::MAX or beyond is refused: every reader adds 1 to it.
+    #[test]
+    fn a_last_offset_at_the_end_of_i64_is_corrupt() {
+        let mut b = BatchBuilder::new(0);
+        b.push(0, Some(b"k"), Some(b"v"), &[]);
+        b.push(0, Some(b"k"), Some(b"v"), &[]);
+        let mut bytes = b.finish().to_vec();
+        assert!(BatchHeader::parse(&bytes).is_ok());
+        for base in [i64::MAX, i64::MAX - 1] {
+            bytes[0..8].copy_from_slice(&base.to_be_bytes());
+            assert!(
+                matches!(BatchHeader::parse(&bytes), Err(Error::CorruptBatch(_))),
+                "base offset {base}"
+            );
+        }
+        bytes[0..8].copy_from_slice(&(i64::MAX - 2).to_be_bytes());
+        let h = BatchHeader::parse(&bytes).expect("the last offset is i64::MAX - 1");
+        assert_eq!(h.last_offset() + 1, i64::MAX);
+    }
 }

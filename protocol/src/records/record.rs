@@ -84,7 +84,8 @@ impl RecordIter {
         // Bytes the record declares beyond its fields (a newer format's additions) are skipped.
         r.skip(remaining - left_after)?;
         Ok(Record {
-            offset: self.base_offset + i64::from(offset_delta),
+            // A record's own delta is not bound by its batch's last offset delta: saturate, never overflow.
+            offset: self.base_offset.saturating_add(i64::from(offset_delta)),
             timestamp: self.base_timestamp.wrapping_add(ts_delta),
             key,
             value,
