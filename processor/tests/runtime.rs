@@ -367,6 +367,27 @@ fn every_hundredth_again(input: &[Arc<Log>], keys: &[String]) -> u64 {
     again.len() as u64
 }
 
+/// Runs `job` over one more record for every hundredth key and checks that its checkpoints carried under 5%
+/// of `load_bytes` (what the load's checkpoints carried).
+fn one_percent_writes_little(
+    host: &Arc<LocalHost>,
+    rt: &tokio::runtime::Runtime,
+    job: &millrace_processor::Job,
+    input: &[Arc<Log>],
+    keys: &[String],
+    load_bytes: u64,
+) {
+    let p = start(job, host.clone(), rt.handle().clone()).unwrap();
+    let again = every_hundredth_again(input, keys);
+    wait_for("the update", || p.metrics().records_read == again);
+    let m = p.stop().unwrap();
+    assert!(
+        m.state_change_bytes > 0 && m.state_change_bytes * 20 < load_bytes,
+        "checkpoints after 1% of the keys changed wrote {} bytes of changes; the load wrote {load_bytes}",
+        m.state_change_bytes
+    );
+}
+
 /// Every key's latest count is `base` + 1, and `base` + 2 for every hundredth.
 fn assert_each_key(latest: &std::collections::HashMap<String, u64>, keys: &[String], base: u64) {
     for (i, k) in keys.iter().enumerate() {
@@ -464,16 +485,7 @@ fn windows_checkpoint_only_the_accumulators_that_changed(
         "the load's accumulators went to the state store: {load:?}"
     );
 
-    let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
-    let again = every_hundredth_again(&input, &keys);
-    wait_for("the update", || p.metrics().records_read == again);
-    let m = p.stop().unwrap();
-    assert!(
-        m.state_change_bytes > 0 && m.state_change_bytes * 20 < load.state_change_bytes,
-        "checkpoints after 1% of the keys changed wrote {} bytes of changes; the load wrote {}",
-        m.state_change_bytes,
-        load.state_change_bytes
-    );
+    one_percent_writes_little(&host, &rt, &make(3), &input, &keys, load.state_change_bytes);
 
     // Past the window's end: it fires, after a restart at yet another parallelism.
     let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
@@ -518,43 +530,28 @@ fn window_checkpoints_are_incremental_on_the_memory_backend() {
 
 #[test]
 fn sliding_window_checkpoints_are_incremental_on_both_backends() {
-    for backend in [
-        millrace_processor::keyed_state::BackendKind::Memory,
-        millrace_processor::keyed_state::BackendKind::Disk,
-    ] {
-        windows_checkpoint_only_the_accumulators_that_changed(
-            backend,
-            Window::sliding(Duration::from_secs(1_000)),
-        );
-    }
+    on_both_backends(Window::sliding(Duration::from_secs(1_000)));
 }
 
 #[test]
 fn global_window_checkpoints_are_incremental_on_both_backends() {
+    on_both_backends(Window::global(
+        millrace_processor::trigger::Trigger::event_time(Duration::from_secs(1_000)),
+    ));
+}
+
+fn on_both_backends(window: Window) {
     for backend in [
         millrace_processor::keyed_state::BackendKind::Memory,
         millrace_processor::keyed_state::BackendKind::Disk,
     ] {
-        windows_checkpoint_only_the_accumulators_that_changed(
-            backend,
-            Window::global(millrace_processor::trigger::Trigger::event_time(
-                Duration::from_secs(1_000),
-            )),
-        );
+        windows_checkpoint_only_the_accumulators_that_changed(backend, window);
     }
 }
 
 #[test]
 fn session_checkpoints_are_incremental_on_both_backends() {
-    for backend in [
-        millrace_processor::keyed_state::BackendKind::Memory,
-        millrace_processor::keyed_state::BackendKind::Disk,
-    ] {
-        windows_checkpoint_only_the_accumulators_that_changed(
-            backend,
-            Window::session(Duration::from_secs(1_000)),
-        );
-    }
+    on_both_backends(Window::session(Duration::from_secs(1_000)));
 }
 
 #[test]
@@ -604,16 +601,7 @@ fn window_join_cells_checkpoint_incrementally() {
     let load = p.stop().unwrap();
     assert!(load.state_change_bytes > 120_000 * 8, "{load:?}");
 
-    let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
-    let again = every_hundredth_again(&input, &keys);
-    wait_for("the update", || p.metrics().records_read == again);
-    let m = p.stop().unwrap();
-    assert!(
-        m.state_change_bytes > 0 && m.state_change_bytes * 20 < load.state_change_bytes,
-        "checkpoints after 1% of the keys changed wrote {} bytes; the load wrote {}",
-        m.state_change_bytes,
-        load.state_change_bytes
-    );
+    one_percent_writes_little(&host, &rt, &make(3), &input, &keys, load.state_change_bytes);
 
     let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
     append(&input[1], &[("closer", 5_000_000)]);
@@ -694,16 +682,7 @@ fn keyed_process_values_checkpoint_incrementally() {
     let load = p.stop().unwrap();
     assert!(load.state_change_bytes > 60_000 * 8, "{load:?}");
 
-    let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
-    let again = every_hundredth_again(&input, &keys);
-    wait_for("the update", || p.metrics().records_read == again);
-    let m = p.stop().unwrap();
-    assert!(
-        m.state_change_bytes > 0 && m.state_change_bytes * 20 < load.state_change_bytes,
-        "checkpoints after 1% of the keys changed wrote {} bytes; the load wrote {}",
-        m.state_change_bytes,
-        load.state_change_bytes
-    );
+    one_percent_writes_little(&host, &rt, &make(3), &input, &keys, load.state_change_bytes);
     let out = host.topic("out", Some(2)).unwrap();
     let c = latest(&out);
     assert_eq!(c.len(), 60_000);
