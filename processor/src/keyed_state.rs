@@ -665,6 +665,14 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         self.recount();
     }
 
+    /// [`KeyedState::checkpoint`] into an operator's snapshot, as one length-prefixed field (empty for a bound
+    /// state), which [`StateReader::bytes`] reads back for [`KeyedState::restore`].
+    pub fn write_to(&mut self, w: &mut StateWriter) {
+        let mut bytes = Vec::new();
+        self.checkpoint(&mut bytes);
+        w.bytes(&bytes);
+    }
+
     /// Restores what an unbound state's checkpoint wrote (in a bound state, as changes to stage).
     /// Empty bytes are an empty state (what a checkpoint of one writes).
     pub fn restore(&mut self, state: &[u8]) -> Result<()> {

@@ -291,9 +291,7 @@ impl<K: Key> KeyedTimers<K> {
 
     /// At a checkpoint: a bound state stages the keys whose timers changed; an unbound one writes them all.
     pub fn checkpoint(&mut self, w: &mut StateWriter) {
-        let mut bytes = Vec::new();
-        self.state.checkpoint(&mut bytes);
-        w.bytes(&bytes);
+        self.state.write_to(w);
     }
 
     /// Restores what [`KeyedTimers::checkpoint`] wrote.

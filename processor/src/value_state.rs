@@ -313,9 +313,7 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
     /// At a checkpoint: a bound state stages the entries that changed; an unbound one writes all of them
     /// (see [`KeyedState::checkpoint`]).
     pub fn checkpoint(&mut self, w: &mut StateWriter) {
-        let mut bytes = Vec::new();
-        self.entries.checkpoint(&mut bytes);
-        w.bytes(&bytes);
+        self.entries.write_to(w);
     }
 
     /// Restores what [`ValueState::checkpoint`] wrote, keeping this state's TTL.

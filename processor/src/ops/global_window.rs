@@ -316,9 +316,7 @@ impl<K: Key, Acc: StateCodec + Clone> GlobalWindows<K, Acc> {
 
     /// At a checkpoint: a bound state stages the keys that changed; an unbound one writes them all.
     pub(crate) fn checkpoint(&mut self, w: &mut StateWriter) {
-        let mut bytes = Vec::new();
-        self.keys.checkpoint(&mut bytes);
-        w.bytes(&bytes);
+        self.keys.write_to(w);
     }
 
     /// Restores what `checkpoint` wrote.

@@ -310,9 +310,7 @@ impl<K: Key, Acc: StateCodec + Clone> SlidingWindows<K, Acc> {
 
     /// At a checkpoint: a bound state stages the keys whose records changed; an unbound one writes them all.
     pub(crate) fn checkpoint(&mut self, w: &mut StateWriter) {
-        let mut bytes = Vec::new();
-        self.keys.checkpoint(&mut bytes);
-        w.bytes(&bytes);
+        self.keys.write_to(w);
     }
 
     /// Restores what `checkpoint` wrote; `watermark` is the restored watermark (it decides what has closed).

@@ -326,9 +326,7 @@ where
         w.i64(self.watermark);
         w.u64(self.late_records);
         // The versions: bound keyed state stages its changes and writes nothing here.
-        let mut versions = Vec::new();
-        self.versions.checkpoint(&mut versions);
-        w.bytes(&versions);
+        self.versions.write_to(&mut w);
         w.u32(self.prune_at.len() as u32);
         for (ts, keys) in &self.prune_at {
             w.i64(*ts);

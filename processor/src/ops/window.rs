@@ -227,8 +227,8 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
     fn add_session(&mut self, ts: i64, gap: i64, key: &K, item: &T) -> bool {
         let (mut start, mut end) = (ts, ts.saturating_add(gap));
         let (agg, lateness, watermark) = (&*self.agg, self.lateness, self.watermark);
-        // Returns the new session's end and how many sessions the key had before.
-        let mut add = |sessions: &mut Sessions<A::Acc>| -> Option<(i64, usize)> {
+        // Returns the new session's end and how many sessions the key had before and after.
+        let mut add = |sessions: &mut Sessions<A::Acc>| -> Option<(i64, usize, usize)> {
             let before = sessions.0.len();
             let overlaps = |s: &Session<A::Acc>| s.start < end && start < s.end;
             if !sessions.0.iter().any(overlaps) && end.saturating_add(lateness) <= watermark {
@@ -250,7 +250,7 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
                 }
             }
             sessions.0.push(Session { start, end, acc });
-            Some((end, before))
+            Some((end, before, sessions.0.len()))
         };
         let added = match self.sessions.get_mut(key) {
             Some(sessions) => add(sessions),
@@ -264,9 +264,7 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
             }
         };
         match added {
-            Some((end, before)) => {
-                // The element's session replaced the `before` sessions it merged, less the untouched ones.
-                let after = self.sessions.get(key).map_or(0, |s| s.0.len());
+            Some((end, before, after)) => {
                 self.session_count = (self.session_count + after).saturating_sub(before);
                 self.session_ends
                     .entry(end)
@@ -462,12 +460,8 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
         w.i64(self.watermark);
         w.u64(self.late_records);
         w.u64(self.partially_late);
-        let mut fixed = Vec::new();
-        self.fixed.checkpoint(&mut fixed);
-        w.bytes(&fixed);
-        let mut sessions = Vec::new();
-        self.sessions.checkpoint(&mut sessions);
-        w.bytes(&sessions);
+        self.fixed.write_to(&mut w);
+        self.sessions.write_to(&mut w);
         self.sliding.checkpoint(&mut w);
         self.global.checkpoint(&mut w);
         *state = w.buf;

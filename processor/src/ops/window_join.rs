@@ -328,9 +328,7 @@ where
         w.i64(self.watermark);
         w.u64(self.late_records);
         w.u64(self.partially_late);
-        let mut cells = Vec::new();
-        self.cells.checkpoint(&mut cells);
-        w.bytes(&cells);
+        self.cells.write_to(&mut w);
         *state = w.buf;
     }
 
