@@ -197,13 +197,13 @@ impl StateBackend {
         self.error.lock().clone()
     }
 
-    fn fail(&self, e: Error) {
+    pub(crate) fn fail(&self, e: Error) {
         tracing::error!(error = %e, "keyed state could not be read");
         self.error.lock().get_or_insert(e);
         self.failed.store(true, Ordering::Release);
     }
 
-    fn stage(&self, set: Vec<u8>) {
+    pub(crate) fn stage(&self, set: Vec<u8>) {
         self.staged.lock().push(Bytes::from(set));
     }
 }

@@ -42,6 +42,7 @@
 
 pub mod aggregate;
 mod barrier;
+pub mod change_log;
 pub mod checkpoint;
 pub mod driver;
 pub mod error;

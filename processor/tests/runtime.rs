@@ -622,6 +622,82 @@ fn window_join_cells_checkpoint_incrementally() {
     assert_each_key(&pairs, &keys, 0);
 }
 
+/// A left interval join holding 60,000 elements (one per key, for 1,000 s) on the disk backend: the load's
+/// checkpoints write them once; a run in which 1% of them match writes under 5% of that; after restarts at
+/// other parallelisms every element is still held with its matched flag, so at the end of the interval
+/// each key has exactly one output: its pair, or itself alone.
+#[test]
+fn interval_join_elements_checkpoint_incrementally() {
+    use millrace_processor::keyed_state::BackendKind;
+    let (_dir, _logs, host, rt) = setup();
+    let make = |parallelism| {
+        let p = Pipeline::new("ij")
+            .checkpoint_interval(Duration::from_millis(200))
+            .state_backend(BackendKind::Disk)
+            .state_memory_budget(1 << 20)
+            .parallelism(parallelism);
+        let key = |m: &Message| m.key.clone().unwrap_or_default();
+        let right = p.source("right").key_by(key);
+        p.source("in")
+            .key_by(key)
+            .interval_join_ms(
+                &right,
+                millrace_processor::JoinKind::Left,
+                0,
+                1_000_000,
+                |k: &Bytes, _: Option<&Message>, r: Option<&Message>| {
+                    (k.clone(), if r.is_some() { "pair" } else { "alone" })
+                },
+            )
+            .sink_with_partitions("out", Some(2), |(k, v): (Bytes, &str)| {
+                OutRecord::new(Some(k), Some(Bytes::from(v)), 0)
+            })
+            .unwrap()
+    };
+    let (input, keys) = sixty_thousand_keys(&host);
+    let right = host.topic("right", Some(1)).unwrap();
+    let p = start(&make(2), host.clone(), rt.handle().clone()).unwrap();
+    wait_for("every key", || p.metrics().records_read == 60_000);
+    let load = p.stop().unwrap();
+    assert!(load.state_change_bytes > 60_000 * 8, "{load:?}");
+
+    // Every hundredth key is matched: its element is written again (its flag), the others not at all.
+    let p = start(&make(3), host.clone(), rt.handle().clone()).unwrap();
+    let again: Vec<(&str, i64)> = keys.iter().step_by(100).map(|k| (k.as_str(), 2)).collect();
+    append(&right[0], &again);
+    wait_for("the matches", || p.metrics().records_read == 600);
+    let m = p.stop().unwrap();
+    assert!(
+        m.state_change_bytes > 0 && m.state_change_bytes * 20 < load.state_change_bytes,
+        "1% matched wrote {} bytes of changes; the load wrote {}",
+        m.state_change_bytes,
+        load.state_change_bytes
+    );
+
+    let p = start(&make(1), host.clone(), rt.handle().clone()).unwrap();
+    append(&input[1], &[("closer", 5_000_000)]);
+    append(&right[0], &[("closer", 5_000_000)]);
+    let out = host.topic("out", Some(2)).unwrap();
+    wait_for("every element's end", || {
+        out.iter().map(|l| l.log_end_offset()).sum::<i64>() >= 60_001
+    });
+    p.stop().unwrap();
+    let mut seen: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for log in &out {
+        for r in read_all(log) {
+            let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).to_string();
+            let v = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).to_string();
+            seen.entry(key).or_default().push(v);
+        }
+    }
+    assert_eq!(seen.remove("closer"), Some(vec!["pair".to_string()]));
+    assert_eq!(seen.len(), 60_000);
+    for (i, k) in keys.iter().enumerate() {
+        let want = if i % 100 == 0 { "pair" } else { "alone" };
+        assert_eq!(seen.get(k), Some(&vec![want.to_string()]), "{k}");
+    }
+}
+
 /// A keyed process function's running count per key, in its value state; a key's first element registers an
 /// event-time timer 1,000 s later, which emits 1,000 + the count.
 struct Tally;

@@ -30,21 +30,48 @@
 //!   in-order fast path, not trees: elements mostly arrive in time order, and a key holds few elements, so
 //!   this costs no allocation per element beyond the queue's growth.
 //! - `seq` numbers elements in arrival order (it orders equal timestamps and is saved with the state).
+//!
+//! Checkpoints (in a pipeline, where the task has a state backend) are incremental: the elements live in
+//! the store as a [`ChangeLog`], one entry per element under its side and `seq`, and a checkpoint writes
+//! only the elements added since the last one that are still held (an element that expires between two
+//! checkpoints is never written), the deletions of stored elements that expired, and the stored elements
+//! of an outer side that matched for the first time. The snapshot keeps only the watermark and counters.
+//! A restore reads the elements back from the store. Without a backend (unit tests, the test driver)
+//! the snapshot holds every element, as before. Further invariants of a bound join:
+//! - every element held with `seq < stored_below` is in the store (it was held at the last checkpoint),
+//!   with its `matched` flag if its side is kept; every element held with a larger `seq`, and every stored
+//!   element whose flag changed since, is listed in `changed`;
+//! - the store holds no element that is not held, except deletions still in the log.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::change_log::ChangeLog;
 use crate::error::{Error, Result};
 use crate::fxhash::FxHashMap;
 use crate::join::{Either, JoinKind};
 use crate::metrics::OperatorMetrics;
-use crate::operator::{Collector, Operator};
+use crate::operator::{Collector, Operator, TaskInfo};
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
 
 /// Builds the output of a matched pair, or of an unmatched element (`None` for the other side).
 pub type IntervalJoinFn<K, L, R, O> = Arc<dyn Fn(&K, Option<&L>, Option<&R>) -> O + Send + Sync>;
 
-const STATE_VERSION: u8 = 1;
+/// Version 2 keeps the elements in the store when bound (its snapshot carries them only when unbound);
+/// version 1 (every element in the snapshot) is still read.
+const STATE_VERSION: u8 = 2;
+
+/// Sides in an element's store key.
+const LEFT: u8 = 0;
+const RIGHT: u8 = 1;
+
+/// The store key of an element: its side and its sequence number (unique in its operator instance).
+fn element_key(side: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = side;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
 
 /// An element held, with whether it has matched yet.
 struct Held<T> {
@@ -81,6 +108,15 @@ impl<T> Side<T> {
     }
 
     /// The elements with a timestamp in `lo..=hi`, in order.
+    /// The element (ts, seq), if held.
+    fn find(&self, ts: i64, seq: u64) -> Option<&Held<T>> {
+        let at = self.items.partition_point(|e| (e.0, e.1) < (ts, seq));
+        self.items
+            .get(at)
+            .filter(|e| (e.0, e.1) == (ts, seq))
+            .map(|e| &e.2)
+    }
+
     fn range_mut(&mut self, lo: i64, hi: i64) -> impl Iterator<Item = &mut (i64, u64, Held<T>)> {
         let start = self.items.partition_point(|e| e.0 < lo);
         self.items.range_mut(start..).take_while(move |e| e.0 <= hi)
@@ -204,6 +240,13 @@ pub struct IntervalJoin<K, L, R, O> {
     scratch: Vec<u32>,
     held: u64,
     late_records: u64,
+    /// The elements in the store (unbound: none; see the module documentation).
+    log: ChangeLog,
+    /// Elements to write at the next checkpoint: side, slot, timestamp, seq (stale once expired).
+    changed: Vec<(u8, u32, i64, u64)>,
+    stored_below: u64,
+    /// The largest seq read from the store at start (checked against the snapshot's counter).
+    loaded_max: Option<u64>,
 }
 
 impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
@@ -232,6 +275,10 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
             scratch: Vec::new(),
             held: 0,
             late_records: 0,
+            log: ChangeLog::default(),
+            changed: Vec::new(),
+            stored_below: 0,
+            loaded_max: None,
         })
     }
 
@@ -260,14 +307,21 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
         if let Some((i, pair)) = slot.and_then(|i| Some((i, self.keys.get_mut(i)?))) {
             // r.ts in [ts + lower, ts + upper]; saturating bounds are exact (no timestamp lies beyond them).
             let (lo, hi) = (ts.saturating_add(self.lower), ts.saturating_add(self.upper));
-            for (rts, _, r) in pair.right.range_mut(lo, hi) {
+            let track = self.log.is_bound() && self.kind.keeps_right();
+            for (rts, rseq, r) in pair.right.range_mut(lo, hi) {
                 matched = true;
+                if !r.matched && track && *rseq < self.stored_below {
+                    self.changed.push((RIGHT, i, *rts, *rseq));
+                }
                 r.matched = true;
                 out.emit(ts.max(*rts), (self.f)(&key, Some(&l), Some(&r.value)));
             }
             if !expired {
                 if pair.left.insert(ts, self.seq, Held { value: l, matched }) {
                     self.held += 1;
+                    if self.log.is_bound() {
+                        self.changed.push((LEFT, i, ts, self.seq));
+                    }
                 }
                 push_expiry(&mut self.left_at, ts, i);
                 // Wrapping cannot collide in practice (2^64 elements), and must not panic on a restored
@@ -292,14 +346,21 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
         if let Some((i, pair)) = slot.and_then(|i| Some((i, self.keys.get_mut(i)?))) {
             // l.ts in [ts - upper, ts - lower].
             let (lo, hi) = (ts.saturating_sub(self.upper), ts.saturating_sub(self.lower));
-            for (lts, _, l) in pair.left.range_mut(lo, hi) {
+            let track = self.log.is_bound() && self.kind.keeps_left();
+            for (lts, lseq, l) in pair.left.range_mut(lo, hi) {
                 matched = true;
+                if !l.matched && track && *lseq < self.stored_below {
+                    self.changed.push((LEFT, i, *lts, *lseq));
+                }
                 l.matched = true;
                 out.emit((*lts).max(ts), (self.f)(&key, Some(&l.value), Some(&r)));
             }
             if !expired {
                 if pair.right.insert(ts, self.seq, Held { value: r, matched }) {
                     self.held += 1;
+                    if self.log.is_bound() {
+                        self.changed.push((RIGHT, i, ts, self.seq));
+                    }
                 }
                 push_expiry(&mut self.right_at, ts, i);
                 self.seq = self.seq.wrapping_add(1);
@@ -328,10 +389,13 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                 };
                 let side = &mut pair.left;
                 while side.items.front().is_some_and(|e| e.0 <= ts) {
-                    let Some((lts, _, l)) = side.items.pop_front() else {
+                    let Some((lts, lseq, l)) = side.items.pop_front() else {
                         break;
                     };
                     self.held -= 1;
+                    if lseq < self.stored_below {
+                        self.log.delete(&element_key(LEFT, lseq));
+                    }
                     if !l.matched && self.kind.keeps_left() {
                         out.emit(lts, (self.f)(&pair.key, Some(&l.value), None));
                     }
@@ -351,10 +415,13 @@ impl<K: Key, L, R, O> IntervalJoin<K, L, R, O> {
                 };
                 let side = &mut pair.right;
                 while side.items.front().is_some_and(|e| e.0 <= ts) {
-                    let Some((rts, _, r)) = side.items.pop_front() else {
+                    let Some((rts, rseq, r)) = side.items.pop_front() else {
                         break;
                     };
                     self.held -= 1;
+                    if rseq < self.stored_below {
+                        self.log.delete(&element_key(RIGHT, rseq));
+                    }
                     if !r.matched && self.kind.keeps_right() {
                         out.emit(rts, (self.f)(&pair.key, None, Some(&r.value)));
                     }
@@ -461,6 +528,110 @@ fn read_sides<K: Key, L, R, T: StateCodec>(
     Ok(n)
 }
 
+/// An element's store value: its key, timestamp, matched flag and value.
+fn write_element<K: Key, T: StateCodec>(w: &mut StateWriter, key: &K, ts: i64, held: &Held<T>) {
+    key.encode(w);
+    w.i64(ts);
+    w.u8(held.matched as u8);
+    held.value.encode(w);
+}
+
+/// An element read back from the store: seq, key, timestamp, and the element on its side.
+type Stored<K, L, R> = (u64, K, i64, Either<Held<L>, Held<R>>);
+
+/// Reads what [`write_element`] wrote under the store key [`element_key`].
+fn read_element<K: Key, L: StateCodec, R: StateCodec>(
+    k: &[u8],
+    v: &[u8],
+) -> Result<Stored<K, L, R>> {
+    let bad = |what: &str| Error::CorruptState(format!("interval join element: {what}"));
+    let (&side, seq) = k.split_first().ok_or_else(|| bad("an empty key"))?;
+    let seq: [u8; 8] = seq
+        .try_into()
+        .map_err(|_| bad("a key of the wrong length"))?;
+    let mut r = StateReader::new(v);
+    let key = K::decode(&mut r)?;
+    let ts = r.i64()?;
+    let matched = match r.u8()? {
+        0 => false,
+        1 => true,
+        t => return Err(bad(&format!("bad flag {t}"))),
+    };
+    let held = match side {
+        LEFT => Either::Left(Held {
+            value: L::decode(&mut r)?,
+            matched,
+        }),
+        RIGHT => Either::Right(Held {
+            value: R::decode(&mut r)?,
+            matched,
+        }),
+        s => return Err(bad(&format!("side {s}"))),
+    };
+    if !r.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok((u64::from_be_bytes(seq), key, ts, held))
+}
+
+/// Holds a restored element: in its key's side and its expiry list (sorted by the caller once all are in).
+fn hold<K: Key, L, R, T>(
+    keys: &mut Keys<K, L, R>,
+    at: &mut ExpiryList,
+    side_of: impl Fn(&mut Pair<K, L, R>) -> &mut Side<T>,
+    (seq, key, ts, held): (u64, K, i64, Held<T>),
+) -> Result<()> {
+    let i = keys.find_or_insert(&key);
+    let pair = keys
+        .get_mut(i)
+        .ok_or_else(|| Error::CorruptState("interval join: a lost slot".into()))?;
+    if !side_of(pair).insert(ts, seq, held) {
+        return Err(Error::CorruptState(
+            "interval join: an element twice".into(),
+        ));
+    }
+    at.push_back((ts, i));
+    Ok(())
+}
+
+impl<K: Key, L: StateCodec, R: StateCodec, O> IntervalJoin<K, L, R, O> {
+    /// At a checkpoint of a bound join: writes the elements added (or newly matched) since the last one that
+    /// are still held, and hands them with the deletions logged since to the backend.
+    fn stage_changes(&mut self) {
+        let IntervalJoin {
+            changed, keys, log, ..
+        } = self;
+        for (side, i, ts, seq) in changed.drain(..) {
+            // A slot is swept only after this, so `i` still holds the element's key if it is held at all.
+            let Some(pair) = keys.get(i) else { continue };
+            let key = element_key(side, seq);
+            if side == LEFT {
+                if let Some(h) = pair.left.find(ts, seq) {
+                    log.put(&key, |w| write_element(w, &pair.key, ts, h));
+                }
+            } else if let Some(h) = pair.right.find(ts, seq) {
+                log.put(&key, |w| write_element(w, &pair.key, ts, h));
+            }
+        }
+        self.stored_below = self.seq;
+        self.log.stage();
+    }
+
+    /// Lists every element held as changed (after a restore from a snapshot that carried them: the store
+    /// does not hold them yet).
+    fn all_changed(&mut self) {
+        for (i, slot) in self.keys.slots.iter().enumerate() {
+            let Some(pair) = slot else { continue };
+            for (ts, seq, _) in &pair.left.items {
+                self.changed.push((LEFT, i as u32, *ts, *seq));
+            }
+            for (ts, seq, _) in &pair.right.items {
+                self.changed.push((RIGHT, i as u32, *ts, *seq));
+            }
+        }
+    }
+}
+
 impl<K, L, R, O> Operator<Either<(K, L), (K, R)>> for IntervalJoin<K, L, R, O>
 where
     K: Key,
@@ -484,6 +655,46 @@ where
         }
     }
 
+    fn on_start(&mut self, task: &TaskInfo) {
+        // A bound join's elements are in the store: read back here, before the snapshot's counters.
+        let (mut lefts, mut rights, mut bad) = (Vec::new(), Vec::new(), None);
+        self.log.bind(task, "elements", |k, v| {
+            match read_element::<K, L, R>(k, v) {
+                Ok((seq, key, ts, Either::Left(h))) => lefts.push((seq, key, ts, h)),
+                Ok((seq, key, ts, Either::Right(h))) => rights.push((seq, key, ts, h)),
+                Err(e) => {
+                    bad.get_or_insert(e);
+                }
+            }
+        });
+        let mut held = Ok(());
+        let max = lefts
+            .iter()
+            .map(|e| e.0)
+            .chain(rights.iter().map(|e| e.0))
+            .max();
+        self.held += (lefts.len() + rights.len()) as u64;
+        for e in lefts {
+            held = held.and_then(|_| hold(&mut self.keys, &mut self.left_at, |p| &mut p.left, e));
+        }
+        for e in rights {
+            held = held.and_then(|_| hold(&mut self.keys, &mut self.right_at, |p| &mut p.right, e));
+        }
+        self.left_at.make_contiguous().sort_by_key(|e| e.0);
+        self.right_at.make_contiguous().sort_by_key(|e| e.0);
+        if let Some(e) = bad.or(held.err()) {
+            if let Some(h) = &task.state {
+                h.fail(e);
+            }
+        }
+        if let Some(max) = max {
+            // Until a snapshot says otherwise, new elements are numbered after the stored ones.
+            self.seq = self.seq.max(max.wrapping_add(1));
+            self.loaded_max = Some(max);
+        }
+        self.stored_below = self.seq;
+    }
+
     fn on_watermark(&mut self, watermark: i64, out: &mut dyn Collector<O>) {
         if watermark <= self.watermark {
             return;
@@ -500,39 +711,67 @@ where
         w.i64(self.watermark);
         w.u64(self.seq);
         w.u64(self.late_records);
+        // Staged before the sweep: `changed` names slots.
+        self.stage_changes();
         // Keys whose sides have emptied since the last checkpoint are dropped here (see the invariants).
         self.keys.sweep();
-        write_sides(&mut w, &self.keys, |p| &p.left);
-        write_sides(&mut w, &self.keys, |p| &p.right);
+        let mut sides = StateWriter::new();
+        if !self.log.is_bound() {
+            write_sides(&mut sides, &self.keys, |p| &p.left);
+            write_sides(&mut sides, &self.keys, |p| &p.right);
+        }
+        w.bytes(&sides.buf);
         *state = w.buf;
     }
 
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
         let mut r = StateReader::new(state);
         let version = r.u8()?;
-        if version != STATE_VERSION {
+        if version != 1 && version != STATE_VERSION {
             return Err(Error::CorruptState(format!(
                 "interval join state version {version}"
             )));
         }
         self.watermark = r.i64()?;
-        self.seq = r.u64()?;
+        let seq = r.u64()?;
         self.late_records = r.u64()?;
-        self.keys.clear();
-        self.left_at.clear();
-        self.right_at.clear();
-        self.held = read_sides(&mut r, self.seq, &mut self.keys, &mut self.left_at, |p| {
-            &mut p.left
-        })?;
-        self.held += read_sides(&mut r, self.seq, &mut self.keys, &mut self.right_at, |p| {
-            &mut p.right
-        })?;
-        self.left_at.make_contiguous().sort_by_key(|e| e.0);
-        self.right_at.make_contiguous().sort_by_key(|e| e.0);
-        if !r.is_empty() {
+        if self.loaded_max.is_some_and(|m| m >= seq) {
+            return Err(Error::CorruptState(
+                "interval join: a stored element from the future".into(),
+            ));
+        }
+        self.seq = seq;
+        self.stored_below = seq;
+        if !self.log.is_bound() {
+            self.keys.clear();
+            self.left_at.clear();
+            self.right_at.clear();
+            self.held = 0;
+        }
+        // Version 1 has the elements inline; version 2 in a field, empty when they are in the store.
+        let inner = if version == 1 { None } else { Some(r.bytes()?) };
+        let mut ir = inner.map(StateReader::new);
+        let sides = ir.as_mut().unwrap_or(&mut r);
+        let mut n = 0;
+        if version == 1 || !sides.is_empty() {
+            n += read_sides(sides, seq, &mut self.keys, &mut self.left_at, |p| {
+                &mut p.left
+            })?;
+            n += read_sides(sides, seq, &mut self.keys, &mut self.right_at, |p| {
+                &mut p.right
+            })?;
+        }
+        if !sides.is_empty() || !r.is_empty() {
             return Err(Error::CorruptState(
                 "trailing bytes in interval join state".into(),
             ));
+        }
+        self.held += n;
+        self.left_at.make_contiguous().sort_by_key(|e| e.0);
+        self.right_at.make_contiguous().sort_by_key(|e| e.0);
+        if n > 0 && self.log.is_bound() {
+            // A snapshot from before the elements were in the store: written at the next checkpoint.
+            self.all_changed();
         }
         Ok(())
     }
@@ -706,6 +945,171 @@ mod tests {
         assert_eq!(a.len(), 2);
         for cut in 0..state.len() {
             assert!(op(JoinKind::Full, -3, 3).on_restore(&state[..cut]).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a damaged store gives back as an element is an error, never a panic; what
+        /// `write_element` wrote reads back.
+        #[test]
+        fn stored_elements_decode_or_fail(k in proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                                          v in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+                                          ts: i64, seq: u64, matched: bool) {
+            let _ = read_element::<String, String, String>(&k, &v);
+            let mut w = StateWriter::new();
+            write_element(&mut w, &"key".to_string(), ts, &Held { value: "v".to_string(), matched });
+            let (s, key, t, held) =
+                read_element::<String, String, String>(&element_key(RIGHT, seq), &w.buf).unwrap();
+            proptest::prop_assert_eq!((s, key.as_str(), t), (seq, "key", ts));
+            let Either::Right(h) = held else { panic!("the right side") };
+            proptest::prop_assert_eq!((h.value.as_str(), h.matched), ("v", matched));
+        }
+    }
+
+    /// A store-backed join: what `commit` (seal, apply, mark applied) would do at a checkpoint.
+    mod bound {
+        use super::*;
+        use crate::keyed_state::{BackendKind, StateBackend, StateHandle};
+        use crate::store::Store;
+        use bytes::Bytes;
+
+        fn backend(dir: &std::path::Path) -> StateHandle {
+            StateBackend::new(
+                Arc::new(Store::open(dir).unwrap()),
+                BackendKind::Memory,
+                1 << 30,
+            )
+        }
+
+        fn started(h: &StateHandle, kind: JoinKind) -> Op {
+            let mut j = op(kind, 0, 1_000);
+            j.on_start(&TaskInfo {
+                key_group: Some(3),
+                operator: "ij".into(),
+                state: Some(h.clone()),
+                ..TaskInfo::default()
+            });
+            j
+        }
+
+        /// Checkpoints `j` and applies its changes; returns the snapshot and the change bytes.
+        fn checkpoint(h: &StateHandle, j: &mut Op, id: u64) -> (Vec<u8>, usize) {
+            let mut state = Vec::new();
+            j.on_checkpoint(&mut state);
+            let (epoch, sets) = h.seal();
+            h.store().apply(id, &sets).unwrap();
+            h.mark_applied(epoch);
+            (state, sets.iter().map(Bytes::len).sum())
+        }
+
+        fn restored(h: &StateHandle, kind: JoinKind, state: &[u8]) -> Op {
+            let mut j = started(h, kind);
+            j.on_restore(state).unwrap();
+            assert!(h.take_error().is_none());
+            j
+        }
+
+        #[test]
+        fn checkpoints_write_only_new_and_expired_elements_and_restore_from_the_store() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut j = started(&h, JoinKind::Inner);
+            let mut out = Out::default();
+            for i in 0..10_000 {
+                j.process(
+                    10,
+                    left(&format!("k{i}"), "a value of some length"),
+                    &mut out,
+                );
+            }
+            let (_, load) = checkpoint(&h, &mut j, 1);
+            // Ten more elements; an element that comes and expires between two checkpoints is never written.
+            for i in 0..10 {
+                j.process(20, left(&format!("k{i}"), "again"), &mut out);
+            }
+            let (_, small) = checkpoint(&h, &mut j, 2);
+            assert!(
+                small * 100 < load,
+                "{small} bytes for 10 elements, {load} for 10,000"
+            );
+            let (state, _) = checkpoint(&h, &mut j, 3);
+            assert!(
+                state.len() < 64,
+                "the snapshot holds counters only: {}",
+                state.len()
+            );
+
+            let mut k = restored(&h, JoinKind::Inner, &state);
+            assert_eq!(entries(&k), 10_010);
+            let finish = |o: &mut Op| {
+                let mut c = Out::default();
+                o.process(500, right("k1", "r"), &mut c);
+                o.process(500, right("k9999", "r"), &mut c);
+                o.on_watermark(1_015, &mut c); // the elements at 10 expire, those at 20 stay
+                o.process(1_016, right("k2", "late r"), &mut c);
+                c.0
+            };
+            let (a, b) = (finish(&mut j), finish(&mut k));
+            assert_eq!(a, b);
+            assert_eq!(a.len(), 4);
+            // The ten left elements at 20, and the right one at 1,016.
+            assert_eq!(entries(&k), 11);
+            // The expiries are deletions: after one more checkpoint the store holds the 11 still held.
+            checkpoint(&h, &mut k, 4);
+            let (state, _) = checkpoint(&h, &mut k, 5);
+            let again = restored(&h, JoinKind::Inner, &state);
+            assert_eq!(entries(&again), 11);
+        }
+
+        #[test]
+        fn an_outer_side_keeps_its_matched_flags_across_restores() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut j = started(&h, JoinKind::Left);
+            let mut out = Out::default();
+            j.process(10, left("a", "la"), &mut out);
+            j.process(10, left("b", "lb"), &mut out);
+            checkpoint(&h, &mut j, 1);
+            // "a" matches after it was stored: its flag must reach the store.
+            j.process(11, right("a", "r"), &mut out);
+            let (state, _) = checkpoint(&h, &mut j, 2);
+            let mut k = restored(&h, JoinKind::Left, &state);
+            let mut c = Out::default();
+            k.on_watermark(i64::MAX, &mut c);
+            assert_eq!(c.0, vec![(10, "b:lb+-".to_string())]);
+        }
+
+        #[test]
+        fn a_whole_snapshot_moves_into_the_store_at_the_next_checkpoint() {
+            let mut j = op(JoinKind::Full, -3, 3);
+            let mut out = Out::default();
+            j.process(10, left("a", "l10"), &mut out);
+            j.process(20, right("b", "r20"), &mut out);
+            let mut whole = Vec::new();
+            j.on_checkpoint(&mut whole);
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut k = restored(&h, JoinKind::Full, &whole);
+            assert_eq!(entries(&k), 2);
+            let (state, bytes) = checkpoint(&h, &mut k, 1);
+            assert!(bytes > 0);
+            let mut again = restored(&h, JoinKind::Full, &state);
+            let mut c = Out::default();
+            again.on_watermark(i64::MAX, &mut c);
+            assert_eq!(c.0.len(), 2, "{:?}", c.0);
+        }
+
+        #[test]
+        fn a_stored_element_newer_than_the_snapshot_is_corrupt() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut j = started(&h, JoinKind::Inner);
+            let mut out = Out::default();
+            let (old, _) = checkpoint(&h, &mut j, 1);
+            j.process(10, left("a", "l"), &mut out);
+            checkpoint(&h, &mut j, 2);
+            let mut k = started(&h, JoinKind::Inner);
+            assert!(k.on_restore(&old).is_err());
         }
     }
 }
