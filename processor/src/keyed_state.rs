@@ -107,6 +107,10 @@ pub struct StateBackend {
     /// The newest epoch whose change sets the store holds.
     applied: AtomicU64,
     staged: Mutex<Vec<Bytes>>,
+    /// Bytes of change sets staged or sealed and not yet applied to the store, and the sealed ones by epoch:
+    /// memory the budget must leave room for (see [`StateBackend::used`]).
+    pending: AtomicUsize,
+    sealed: Mutex<Vec<(u64, usize)>>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
 }
@@ -127,6 +131,8 @@ impl StateBackend {
             epoch: AtomicU64::new(1),
             applied: AtomicU64::new(0),
             staged: Mutex::new(Vec::new()),
+            pending: AtomicUsize::new(0),
+            sealed: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
         })
@@ -144,6 +150,8 @@ impl StateBackend {
     pub fn seal(&self) -> (u64, Vec<Bytes>) {
         let sets = std::mem::take(&mut *self.staged.lock());
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel);
+        let bytes = sets.iter().map(Bytes::len).sum();
+        self.sealed.lock().push((epoch, bytes));
         (epoch, sets)
     }
 
@@ -152,17 +160,36 @@ impl StateBackend {
         self.store_overhead
             .store(self.store.memory_bytes(), Ordering::Relaxed);
         self.applied.fetch_max(epoch, Ordering::AcqRel);
+        let mut freed = 0;
+        self.sealed.lock().retain(|&(e, bytes)| {
+            let done = e <= epoch;
+            if done {
+                freed += bytes;
+            }
+            !done
+        });
+        self.pending.fetch_sub(freed, Ordering::Relaxed);
     }
 
-    /// The bytes the budget caps: resident state and the store's own indexes and filters.
+    /// Memory held for change sets on their way to the store: the sets, and the checkpoint record that
+    /// carries a copy of them while it is written.
+    fn in_flight(&self) -> usize {
+        self.pending.load(Ordering::Relaxed) * 2
+    }
+
+    /// The bytes the budget caps: resident state, the store's own indexes and filters, and the changes on
+    /// their way to the store.
     fn used(&self) -> usize {
-        self.resident.load(Ordering::Relaxed) + self.store_overhead.load(Ordering::Relaxed)
+        self.resident.load(Ordering::Relaxed)
+            + self.store_overhead.load(Ordering::Relaxed)
+            + self.in_flight()
     }
 
-    /// The budget left for resident state once the store's overhead is paid (at least a quarter of it).
+    /// The budget left for resident state once the store's overhead and the changes in flight are paid (at
+    /// least a quarter of it).
     fn state_budget(&self) -> usize {
         self.budget
-            .saturating_sub(self.store_overhead.load(Ordering::Relaxed))
+            .saturating_sub(self.store_overhead.load(Ordering::Relaxed) + self.in_flight())
             .max(self.budget / 4)
     }
 
@@ -183,7 +210,8 @@ impl StateBackend {
             || (all_applied && self.resident.load(Ordering::Relaxed) > self.state_budget())
     }
 
-    /// Estimated bytes of keyed state held in memory (all instances), with the store's indexes and filters.
+    /// Estimated bytes of keyed state held in memory (all instances), with the store's indexes and filters
+    /// and the changes on their way to the store.
     pub fn resident_bytes(&self) -> usize {
         self.used()
     }
@@ -204,6 +232,7 @@ impl StateBackend {
     }
 
     pub(crate) fn stage(&self, set: Vec<u8>) {
+        self.pending.fetch_add(set.len(), Ordering::Relaxed);
         self.staged.lock().push(Bytes::from(set));
     }
 }
@@ -742,6 +771,30 @@ mod tests {
         let mut s = KeyedState::new();
         s.bind(&info(h, group));
         s
+    }
+
+    #[test]
+    fn changes_on_their_way_to_the_store_count_against_the_budget_until_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = backend(dir.path(), BackendKind::Disk, 64 << 20);
+        let mut s = state(&h, 1);
+        for i in 0..10_000u64 {
+            s.put(format!("k{i}"), i);
+        }
+        let before = h.resident_bytes();
+        s.checkpoint(&mut Vec::new());
+        let (epoch, sets) = h.seal();
+        let bytes: usize = sets.iter().map(Bytes::len).sum();
+        assert!(bytes > 10_000 * 8);
+        // The sets and the checkpoint record that copies them, until the store holds them.
+        assert!(
+            h.resident_bytes() >= 2 * bytes,
+            "{} with {bytes} bytes in flight",
+            h.resident_bytes()
+        );
+        h.store().apply(1, &sets).unwrap();
+        h.mark_applied(epoch);
+        assert!(h.resident_bytes() <= before + h.store().memory_bytes());
     }
 
     #[test]

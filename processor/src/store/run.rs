@@ -136,17 +136,23 @@ impl RunWriter {
         self.count
     }
 
+    /// Writes the index, the filter and the footer, fsyncs, and opens the run with the index and filter it
+    /// built (not read back: a merge of a large state would otherwise hold three copies of its filter at
+    /// once, which is what the memory budget's peak was made of).
     pub fn finish(mut self, seq: u64) -> Result<Run> {
         if !self.block.is_empty() {
             self.flush()?;
         }
         let path = self.path.clone();
-        let mut meta = Vec::with_capacity(self.index.len() + 4 + self.bloom.memory_bytes() + 8);
-        meta.extend_from_slice(&self.blocks.to_be_bytes());
-        meta.extend_from_slice(&self.index);
-        let index_len = meta.len() as u64;
-        self.bloom.encode(&mut meta);
-        let bloom_len = meta.len() as u64 - index_len;
+        let blocks = self.blocks.to_be_bytes();
+        let index_len = (blocks.len() + self.index.len()) as u64;
+        let mut bloom = Vec::with_capacity(self.bloom.memory_bytes() + 8);
+        self.bloom.encode(&mut bloom);
+        let bloom_len = bloom.len() as u64;
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c_append(crc32c::crc32c(&blocks), &self.index),
+            &bloom,
+        );
         let offset = self.offset;
         let mut footer = Vec::with_capacity(FOOTER);
         footer.extend_from_slice(&offset.to_be_bytes());
@@ -154,14 +160,28 @@ impl RunWriter {
         footer.extend_from_slice(&(offset + index_len).to_be_bytes());
         footer.extend_from_slice(&bloom_len.to_be_bytes());
         footer.extend_from_slice(&self.count.to_be_bytes());
-        footer.extend_from_slice(&crc32c::crc32c(&meta).to_be_bytes());
+        footer.extend_from_slice(&crc.to_be_bytes());
         footer.extend_from_slice(&MAGIC.to_be_bytes());
-        self.w.write_all(&meta).map_err(|e| io(&path, e))?;
-        self.w.write_all(&footer).map_err(|e| io(&path, e))?;
+        for part in [&blocks[..], &self.index, &bloom, &footer] {
+            self.w.write_all(part).map_err(|e| io(&path, e))?;
+        }
+        drop(bloom);
         let file = self.w.into_inner().map_err(|e| io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| io(&path, e))?;
         drop(file);
-        Run::open(&path, seq)
+        let index = parse_index(&path, self.blocks as usize, &self.index, offset)?;
+        drop(self.index);
+        let file = File::open(&path).map_err(|e| io(&path, e))?;
+        let bytes = file.metadata().map_err(|e| io(&path, e))?.len();
+        Ok(Run {
+            seq,
+            path,
+            file,
+            index,
+            bloom: self.bloom,
+            entries: self.count,
+            bytes,
+        })
     }
 }
 
@@ -275,6 +295,38 @@ fn entry(block: &[u8], at: usize) -> Option<(EntryRef<'_>, usize)> {
     Some(((key, Some(value)), v0 + vlen as usize))
 }
 
+/// Reads the block index of a run (`blocks` entries, without the count in front of them) whose data ends
+/// at `data_end`, checking that the blocks cover the data exactly.
+fn parse_index(path: &Path, blocks: usize, ix: &[u8], data_end: u64) -> Result<Vec<IndexEntry>> {
+    if blocks > ix.len() / 16 + 1 {
+        return Err(corrupt(path, "block count larger than the index"));
+    }
+    let mut index = Vec::with_capacity(blocks);
+    let mut at = 0;
+    let mut expect = 0u64;
+    for _ in 0..blocks {
+        let bad = || corrupt(path, "bad index entry");
+        let klen = be_u32(ix, at).ok_or_else(bad)? as usize;
+        let key = ix.get(at + 4..at + 4 + klen).ok_or_else(bad)?;
+        let offset = be_u64(ix, at + 4 + klen).ok_or_else(bad)?;
+        let len = be_u32(ix, at + 12 + klen).ok_or_else(bad)?;
+        if offset != expect {
+            return Err(bad());
+        }
+        expect = offset + u64::from(len) + 4;
+        index.push(IndexEntry {
+            first_key: key.into(),
+            offset,
+            len,
+        });
+        at += 16 + klen;
+    }
+    if at != ix.len() || expect != data_end {
+        return Err(corrupt(path, "index does not cover the data"));
+    }
+    Ok(index)
+}
+
 impl Run {
     pub fn open(path: &Path, seq: u64) -> Result<Run> {
         let file = File::open(path).map_err(|e| io(path, e))?;
@@ -307,32 +359,7 @@ impl Run {
         let (ix, bl) = meta.split_at(index_len as usize);
         let bloom = Bloom::decode(bl).map_err(|_| corrupt(path, "bad bloom filter"))?;
         let blocks = be_u32(ix, 0).ok_or_else(|| corrupt(path, "bad index"))? as usize;
-        if blocks > ix.len() / 16 + 1 {
-            return Err(corrupt(path, "block count larger than the index"));
-        }
-        let mut index = Vec::with_capacity(blocks);
-        let mut at = 4;
-        let mut expect = 0u64;
-        for _ in 0..blocks {
-            let bad = || corrupt(path, "bad index entry");
-            let klen = be_u32(ix, at).ok_or_else(bad)? as usize;
-            let key = ix.get(at + 4..at + 4 + klen).ok_or_else(bad)?;
-            let offset = be_u64(ix, at + 4 + klen).ok_or_else(bad)?;
-            let len = be_u32(ix, at + 12 + klen).ok_or_else(bad)?;
-            if offset != expect {
-                return Err(bad());
-            }
-            expect = offset + u64::from(len) + 4;
-            index.push(IndexEntry {
-                first_key: key.into(),
-                offset,
-                len,
-            });
-            at += 16 + klen;
-        }
-        if at != ix.len() || expect != index_off {
-            return Err(corrupt(path, "index does not cover the data"));
-        }
+        let index = parse_index(path, blocks, &ix[4..], index_off)?;
         Ok(Run {
             seq,
             path: path.to_path_buf(),
