@@ -34,14 +34,21 @@
 //!   A key with one live version (most of a slowly changing table) needs none and is not listed.
 //!
 //! The versions are [`KeyedState`]: checkpoints write the keys whose versions changed, and on the disk
-//! backend the table may be larger than memory. `prune_at`, the probes and the watermark are snapshotted
-//! whole; they hold only what is changing.
+//! backend the table may be larger than memory. The waiting probes are a [`ChangeLog`] in the same store
+//! (one entry per probe, under its arrival number `seq`): a checkpoint writes the probes that arrived since
+//! the last one and still wait, and deletes the stored ones joined since; a probe that waits less than a
+//! checkpoint interval is never written. (Probes can wait long: while the table's source is idle they wait
+//! for the combined watermark, out-of-orderness included.) `prune_at` and the watermark are snapshotted
+//! whole; they hold only what is changing. Without a backend the snapshot holds the probes too. Invariants
+//! of a bound join: every waiting probe with `seq < stored_below` is in the store; the others are listed
+//! in `added`.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use smallvec::SmallVec;
 use std::sync::Arc;
 
+use crate::change_log::ChangeLog;
 use crate::error::{Error, Result};
 use crate::join::{Either, JoinKind};
 use crate::keyed_state::KeyedState;
@@ -52,8 +59,9 @@ use crate::state::{Key, StateCodec, StateReader, StateWriter};
 /// Builds the output of one probe from its key, its value and the table row as of its time.
 pub type TemporalJoinFn<K, L, V, O> = Arc<dyn Fn(&K, L, Option<&V>) -> O + Send + Sync>;
 
-/// Version 2 keeps the versions in keyed state; version 1 (everything in the snapshot) is still read.
-const STATE_VERSION: u8 = 2;
+/// Version 3 logs the probes to the store when bound; version 2 kept them in the snapshot, with the
+/// versions in keyed state; version 1 had everything in the snapshot. All three are read.
+const STATE_VERSION: u8 = 3;
 
 /// One key's table versions, (version timestamp, row) sorted by timestamp with no timestamp twice (`None`:
 /// deleted). Nearly every key of a slowly changing table holds one version, which is kept inline: a lookup
@@ -148,7 +156,15 @@ pub struct TemporalJoin<K, L, V, O> {
     versions: KeyedState<K, Versions<V>>,
     /// Buffered probes in event-time order, ties in arrival order. Probes mostly arrive in time order, so
     /// this is a queue with an in-order fast path (push at the back), not a tree: no allocation per probe.
-    probes: VecDeque<(i64, K, L)>,
+    probes: VecDeque<(i64, u64, K, L)>,
+    /// The arrival number of the next probe: (time, seq) orders `probes` and names a probe in the store.
+    seq: u64,
+    log: ChangeLog,
+    /// Probes to write at the next checkpoint, as (time, seq) (stale once joined).
+    added: Vec<(i64, u64)>,
+    stored_below: u64,
+    /// The largest seq read from the store at start (checked against the snapshot's counter).
+    loaded_max: Option<u64>,
     prune_at: BTreeMap<i64, Vec<K>>,
     /// Versions held (counted since the start or a restore from a snapshot; versions read back from the
     /// store are not counted).
@@ -168,6 +184,11 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
             table_wm: i64::MIN,
             versions: KeyedState::new(),
             probes: VecDeque::new(),
+            seq: 0,
+            log: ChangeLog::default(),
+            added: Vec::new(),
+            stored_below: 0,
+            loaded_max: None,
             prune_at: BTreeMap::new(),
             version_count: 0,
             probe_count: 0,
@@ -215,21 +236,30 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
 
     /// Buffers a probe at its place: after every probe at or before its time (so ties keep arrival order).
     fn buffer(&mut self, t: i64, key: K, l: L) {
+        let seq = self.seq;
+        // Wrapping cannot collide in practice (2^64 probes), and must not panic on a restored counter.
+        self.seq = self.seq.wrapping_add(1);
         if self.probes.back().is_none_or(|b| b.0 <= t) {
-            self.probes.push_back((t, key, l));
+            self.probes.push_back((t, seq, key, l));
         } else {
             let at = self.probes.partition_point(|p| p.0 <= t);
-            self.probes.insert(at, (t, key, l));
+            self.probes.insert(at, (t, seq, key, l));
+        }
+        if self.log.is_bound() {
+            self.added.push((t, seq));
         }
         self.probe_count += 1;
     }
 
     fn emit_complete(&mut self, out: &mut dyn Collector<O>) {
         while self.probes.front().is_some_and(|p| self.complete(p.0)) {
-            let Some((t, key, l)) = self.probes.pop_front() else {
+            let Some((t, seq, key, l)) = self.probes.pop_front() else {
                 break;
             };
             self.probe_count -= 1;
+            if seq < self.stored_below {
+                self.log.delete(&seq.to_be_bytes());
+            }
             self.join(t, &key, l, out);
         }
     }
@@ -262,6 +292,95 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
     }
 }
 
+/// Reads a probe the log stored under its seq: (time, seq, key, probe).
+fn read_probe<K: Key, L: StateCodec>(k: &[u8], v: &[u8]) -> Result<(i64, u64, K, L)> {
+    let seq: [u8; 8] = k.try_into().map_err(|_| {
+        Error::CorruptState("temporal join: a probe key of the wrong length".into())
+    })?;
+    let mut r = StateReader::new(v);
+    let t = r.i64()?;
+    let key = K::decode(&mut r)?;
+    let l = L::decode(&mut r)?;
+    if !r.is_empty() {
+        return Err(Error::CorruptState(
+            "temporal join: trailing bytes in a stored probe".into(),
+        ));
+    }
+    Ok((t, u64::from_be_bytes(seq), key, l))
+}
+
+impl<K: Key, L: StateCodec, V: StateCodec, O> TemporalJoin<K, L, V, O> {
+    /// At a checkpoint of a bound join: writes the probes that arrived since the last one and still wait,
+    /// and hands them with the deletions logged since to the backend.
+    fn stage_probes(&mut self) {
+        for (t, seq) in self.added.drain(..) {
+            let at = self.probes.partition_point(|p| (p.0, p.1) < (t, seq));
+            if let Some((_, _, key, l)) = self.probes.get(at).filter(|p| (p.0, p.1) == (t, seq)) {
+                self.log.put(&seq.to_be_bytes(), |w| {
+                    w.i64(t);
+                    key.encode(w);
+                    l.encode(w);
+                });
+            }
+        }
+        self.stored_below = self.seq;
+        self.log.stage();
+    }
+
+    /// The waiting probes grouped by timestamp (the format of the tree this queue replaced).
+    fn write_probes(&self, w: &mut StateWriter) {
+        let groups = self
+            .probes
+            .iter()
+            .zip(
+                self.probes
+                    .iter()
+                    .skip(1)
+                    .map(Some)
+                    .chain(std::iter::once(None)),
+            )
+            .filter(|(p, next)| next.is_none_or(|n| n.0 != p.0))
+            .count();
+        w.u32(groups as u32);
+        let mut i = 0;
+        while i < self.probes.len() {
+            let ts = self.probes[i].0;
+            let n = self.probes.range(i..).take_while(|p| p.0 == ts).count();
+            w.i64(ts);
+            w.u32(n as u32);
+            for (_, _, key, l) in self.probes.range(i..i + n) {
+                key.encode(w);
+                l.encode(w);
+            }
+            i += n;
+        }
+    }
+
+    /// Reads what [`TemporalJoin::write_probes`] wrote, numbering the probes from `seq` on; returns how
+    /// many it read.
+    fn read_probes(&mut self, r: &mut StateReader<'_>) -> Result<u64> {
+        let mut n = 0;
+        // A timestamp takes its own 8 bytes and its probe count (4); timestamps come in increasing order.
+        for _ in 0..r.count(12)? {
+            let ts = r.i64()?;
+            if self.probes.back().is_some_and(|b| b.0 >= ts) {
+                return Err(Error::CorruptState(
+                    "temporal join: probe timestamps out of order or twice".into(),
+                ));
+            }
+            for _ in 0..r.count(1)? {
+                let key = K::decode(r)?;
+                let l = L::decode(r)?;
+                self.probes.push_back((ts, self.seq, key, l));
+                self.seq = self.seq.wrapping_add(1);
+                self.probe_count += 1;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
 impl<K, L, V, O> Operator<Either<(K, L), (K, Option<V>)>> for TemporalJoin<K, L, V, O>
 where
     K: Key,
@@ -272,6 +391,27 @@ where
 
     fn on_start(&mut self, task: &TaskInfo) {
         self.versions.bind(task);
+        // A bound join's waiting probes are in the store: read back here, before the snapshot's counters.
+        let (mut loaded, mut bad) = (Vec::new(), None);
+        self.log
+            .bind(task, "probes", |k, v| match read_probe::<K, L>(k, v) {
+                Ok(p) => loaded.push(p),
+                Err(e) => {
+                    bad.get_or_insert(e);
+                }
+            });
+        if let (Some(e), Some(h)) = (bad, &task.state) {
+            h.fail(e);
+        }
+        if let Some(max) = loaded.iter().map(|p| p.1).max() {
+            self.seq = self.seq.max(max.wrapping_add(1));
+            self.loaded_max = Some(max);
+        }
+        // The store gives them in seq order; a stable sort by time makes it (time, seq).
+        loaded.sort_by_key(|p| p.0);
+        self.probe_count += loaded.len() as u64;
+        self.probes.extend(loaded);
+        self.stored_below = self.seq;
     }
 
     fn process(
@@ -335,49 +475,33 @@ where
                 k.encode(&mut w);
             }
         }
-        // Probes grouped by timestamp (the format of the tree this queue replaced).
-        let groups = self
-            .probes
-            .iter()
-            .zip(
-                self.probes
-                    .iter()
-                    .skip(1)
-                    .map(Some)
-                    .chain(std::iter::once(None)),
-            )
-            .filter(|(p, next)| next.is_none_or(|n| n.0 != p.0))
-            .count();
-        w.u32(groups as u32);
-        let mut i = 0;
-        while i < self.probes.len() {
-            let ts = self.probes[i].0;
-            let n = self.probes.range(i..).take_while(|p| p.0 == ts).count();
-            w.i64(ts);
-            w.u32(n as u32);
-            for (_, key, l) in self.probes.range(i..i + n) {
-                key.encode(&mut w);
-                l.encode(&mut w);
-            }
-            i += n;
+        w.u64(self.seq);
+        let mut probes = StateWriter::new();
+        if self.log.is_bound() {
+            self.stage_probes();
+        } else {
+            self.write_probes(&mut probes);
         }
+        w.bytes(&probes.buf);
         *state = w.buf;
     }
 
     fn on_restore(&mut self, state: &[u8]) -> Result<()> {
         let mut r = StateReader::new(state);
         let version = r.u8()?;
-        if version != 1 && version != STATE_VERSION {
+        if !(1..=STATE_VERSION).contains(&version) {
             return Err(Error::CorruptState(format!(
                 "temporal join state version {version}"
             )));
         }
         self.watermark = r.i64()?;
         self.late_records = r.u64()?;
-        self.probes.clear();
         self.prune_at.clear();
         self.version_count = 0;
-        self.probe_count = 0;
+        if !self.log.is_bound() {
+            self.probes.clear();
+            self.probe_count = 0;
+        }
         if version == 1 {
             // Every version in the snapshot: inserted again (into the store at the next checkpoint).
             // A key takes at least its version count (4).
@@ -408,21 +532,38 @@ where
                 self.prune_at.insert(ts, keys);
             }
         }
-        // A timestamp takes its own 8 bytes and its probe count (4); timestamps come in increasing order.
-        for _ in 0..r.count(12)? {
-            let ts = r.i64()?;
-            if self.probes.back().is_some_and(|b| b.0 >= ts) {
+        if version < 3 {
+            // The probes inline, numbered in their order.
+            self.seq = self
+                .seq
+                .max(self.loaded_max.map_or(0, |m| m.wrapping_add(1)));
+            let n = self.read_probes(&mut r)?;
+            if n > 0 && self.log.is_bound() {
+                self.added.extend(self.probes.iter().map(|p| (p.0, p.1)));
+            }
+        } else {
+            let seq = r.u64()?;
+            if self.loaded_max.is_some_and(|m| m >= seq) {
                 return Err(Error::CorruptState(
-                    "temporal join: probe timestamps out of order or twice".into(),
+                    "temporal join: a stored probe from the future".into(),
                 ));
             }
-            for _ in 0..r.count(1)? {
-                let key = K::decode(&mut r)?;
-                let l = L::decode(&mut r)?;
-                self.probes.push_back((ts, key, l));
-                self.probe_count += 1;
+            self.seq = seq;
+            let probes = r.bytes()?;
+            if !probes.is_empty() {
+                let mut pr = StateReader::new(probes);
+                let n = self.read_probes(&mut pr)?;
+                if !pr.is_empty() {
+                    return Err(Error::CorruptState(
+                        "trailing bytes in temporal join probes".into(),
+                    ));
+                }
+                if n > 0 && self.log.is_bound() {
+                    self.added.extend(self.probes.iter().map(|p| (p.0, p.1)));
+                }
             }
         }
+        self.stored_below = self.seq;
         if !r.is_empty() {
             return Err(Error::CorruptState(
                 "trailing bytes in temporal join state".into(),
@@ -713,6 +854,162 @@ mod tests {
         assert_eq!(a.0.len(), 2);
         for cut in 0..state.len() {
             assert!(op(JoinKind::Left).on_restore(&state[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn a_version_2_snapshot_with_inline_probes_still_restores() {
+        let mut w = StateWriter::new();
+        w.u8(2);
+        w.i64(i64::MIN);
+        w.u64(0);
+        w.bytes(&[]); // versions: none
+        w.u32(0); // prune_at: none
+        w.u32(1); // one probe time
+        w.i64(10);
+        w.u32(2);
+        for p in ["p1", "p2"] {
+            "a".to_string().encode(&mut w);
+            p.to_string().encode(&mut w);
+        }
+        let mut j = op(JoinKind::Left);
+        j.on_restore(&w.buf).unwrap();
+        let mut out = Out::default();
+        j.process(20, probe("a", "p3"), &mut out);
+        j.on_watermark(i64::MAX, &mut out);
+        let got: Vec<&str> = out.0.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(got, ["a:p1=-", "a:p2=-", "a:p3=-"]);
+    }
+
+    /// A store-backed join, checkpointed as the runtime does (seal, apply, mark applied).
+    mod bound {
+        use super::*;
+        use crate::keyed_state::{BackendKind, StateBackend, StateHandle};
+        use crate::store::Store;
+        use bytes::Bytes;
+
+        fn backend(dir: &std::path::Path) -> StateHandle {
+            StateBackend::new(
+                Arc::new(Store::open(dir).unwrap()),
+                BackendKind::Memory,
+                1 << 30,
+            )
+        }
+
+        fn started(h: &StateHandle) -> Op {
+            let mut j = op(JoinKind::Left);
+            j.on_start(&TaskInfo {
+                key_group: Some(2),
+                operator: "tj".into(),
+                state: Some(h.clone()),
+                ..TaskInfo::default()
+            });
+            j
+        }
+
+        fn checkpoint(h: &StateHandle, j: &mut Op, id: u64) -> (Vec<u8>, usize) {
+            let mut state = Vec::new();
+            j.on_checkpoint(&mut state);
+            let (epoch, sets) = h.seal();
+            h.store().apply(id, &sets).unwrap();
+            h.mark_applied(epoch);
+            (state, sets.iter().map(Bytes::len).sum())
+        }
+
+        fn restored(h: &StateHandle, state: &[u8]) -> Op {
+            let mut j = started(h);
+            j.on_restore(state).unwrap();
+            assert!(h.take_error().is_none());
+            j
+        }
+
+        fn finish(j: &mut Op) -> Vec<(i64, String)> {
+            let mut c = Out::default();
+            j.on_watermark(i64::MAX, &mut c);
+            c.0
+        }
+
+        /// A version at 5 and 1,000 probes waiting for the table's watermark.
+        fn loaded(h: &StateHandle) -> Op {
+            let mut j = started(h);
+            let mut out = Out::default();
+            j.process(5, row("a", Some("r5")), &mut out);
+            for i in 0..1000 {
+                j.process(10 + i, probe("a", &format!("probe number {i}")), &mut out);
+            }
+            assert!(out.0.is_empty());
+            j
+        }
+
+        #[test]
+        fn waiting_probes_checkpoint_incrementally_and_restore_from_the_store() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut j = loaded(&h);
+            let (_, load) = checkpoint(&h, &mut j, 1);
+            j.process(2_000, probe("a", "one more"), &mut Out::default());
+            let (state, small) = checkpoint(&h, &mut j, 2);
+            assert!(
+                small * 50 < load,
+                "{small} bytes for one probe, {load} for 1,000"
+            );
+            assert!(
+                state.len() < 64,
+                "no probes in the snapshot: {}",
+                state.len()
+            );
+            let mut k = restored(&h, &state);
+            let (a, b) = (finish(&mut j), finish(&mut k));
+            assert_eq!(a, b);
+            assert_eq!(a.len(), 1001);
+            assert_eq!(a[0], (10, "a:probe number 0=r5".to_string()));
+        }
+
+        #[test]
+        fn joined_probes_are_deleted_from_the_store() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut j = loaded(&h);
+            checkpoint(&h, &mut j, 1);
+            let mut out = Out::default();
+            j.on_input_watermark(1, 500, &mut out);
+            assert_eq!(out.0.len(), 490);
+            checkpoint(&h, &mut j, 2);
+            let (state, _) = checkpoint(&h, &mut j, 3);
+            let mut k = restored(&h, &state);
+            assert_eq!(finish(&mut k).len(), 510);
+        }
+
+        #[test]
+        fn probes_of_a_whole_snapshot_move_into_the_store() {
+            let mut j = op(JoinKind::Left);
+            let mut out = Out::default();
+            j.process(5, row("a", Some("r5")), &mut out);
+            j.process(10, probe("a", "p10"), &mut out);
+            j.process(10, probe("b", "p10b"), &mut out);
+            let mut whole = Vec::new();
+            j.on_checkpoint(&mut whole);
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut k = restored(&h, &whole);
+            let (state, bytes) = checkpoint(&h, &mut k, 1);
+            assert!(bytes > 0);
+            let mut again = restored(&h, &state);
+            assert_eq!(
+                finish(&mut again),
+                vec![(10, "a:p10=r5".to_string()), (10, "b:p10b=-".to_string())]
+            );
+        }
+
+        #[test]
+        fn a_stored_probe_newer_than_the_snapshot_is_corrupt() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path());
+            let mut j = started(&h);
+            let (old, _) = checkpoint(&h, &mut j, 1);
+            j.process(10, probe("a", "p"), &mut Out::default());
+            checkpoint(&h, &mut j, 2);
+            assert!(started(&h).on_restore(&old).is_err());
         }
     }
 }
