@@ -111,6 +111,8 @@ pub struct StateBackend {
     /// memory the budget must leave room for (see [`StateBackend::used`]).
     pending: AtomicUsize,
     sealed: Mutex<Vec<(u64, usize)>>,
+    /// The applied epoch at which a wait for room timed out (no more waits until another is applied).
+    gave_up_at: AtomicU64,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
 }
@@ -120,6 +122,8 @@ pub type StateHandle = Arc<StateBackend>;
 impl StateBackend {
     pub fn new(store: Arc<Store>, kind: BackendKind, budget: usize) -> StateHandle {
         let overhead = store.memory_bytes();
+        // Indexes spilled by an earlier run are scratch: they are rebuilt from the state.
+        crate::time_index::clear_spill_dir(store.dir());
         Arc::new(StateBackend {
             store,
             kind,
@@ -133,6 +137,7 @@ impl StateBackend {
             staged: Mutex::new(Vec::new()),
             pending: AtomicUsize::new(0),
             sealed: Mutex::new(Vec::new()),
+            gave_up_at: AtomicU64::new(u64::MAX),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
         })
@@ -216,6 +221,51 @@ impl StateBackend {
         self.used()
     }
 
+    /// Adds `bytes` held by an index derived from keyed state (see [`crate::time_index`]) to the resident
+    /// total, or removes them.
+    pub(crate) fn count(&self, bytes: usize) {
+        self.resident.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn uncount(&self, bytes: usize) {
+        self.resident.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Backpressure: while memory is an eighth past the budget and a checkpoint is on its way to the store
+    /// (whose entries become evictable once it is applied), waits for it, at most `ROOM_WAIT` and once per
+    /// applied epoch (a committer slower than that only lets memory grow, it does not stall the tasks at
+    /// every access). Without a checkpoint in flight it returns at once: the next one needs the task that is
+    /// calling. True if it waited until an epoch was applied.
+    fn wait_for_room(&self) -> bool {
+        const ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+        let limit = self.budget + self.budget / 8;
+        let applied = self.applied.load(Ordering::Acquire);
+        let in_flight = || applied + 1 < self.epoch.load(Ordering::Acquire);
+        if self.used() <= limit
+            || !in_flight()
+            || self.gave_up_at.load(Ordering::Relaxed) == applied
+        {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + ROOM_WAIT;
+        while self.applied.load(Ordering::Acquire) == applied
+            && !self.failed.load(Ordering::Acquire)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let moved = self.applied.load(Ordering::Acquire) != applied;
+        if !moved {
+            self.gave_up_at.store(applied, Ordering::Relaxed);
+        }
+        moved
+    }
+
+    /// The disk backend's memory is over its budget.
+    pub(crate) fn over_budget(&self) -> bool {
+        self.kind == BackendKind::Disk && self.used() > self.budget
+    }
+
     /// The first error a state met reading the store (operators cannot return errors from `process`; the
     /// runtime checks this and fails the pipeline before anything computed from it is committed).
     pub fn take_error(&self) -> Option<Error> {
@@ -261,6 +311,13 @@ pub struct KeyedState<K, V> {
     heap_per_entry: usize,
     counted: usize,
     dirty_counted: usize,
+    /// When an eviction last stopped short of its share for want of evictable entries: the applied epoch
+    /// and `clean_loads` then. Entries become evictable only when an epoch is applied or a clean entry is
+    /// read from the store, so eviction (a pass over the whole map) is not tried again before one of those
+    /// has happened, and for loads only once they add up to a sixteenth of the map: otherwise a state whose
+    /// changed entries alone pass its share would pass over the whole map at every access.
+    evict_stuck_at: Option<(u64, usize)>,
+    clean_loads: usize,
 }
 
 impl<K: Key, V: StateCodec> Default for KeyedState<K, V> {
@@ -278,6 +335,8 @@ impl<K, V> KeyedState<K, V> {
             heap_per_entry: 48,
             counted: 0,
             dirty_counted: 0,
+            evict_stuck_at: None,
+            clean_loads: 0,
         }
     }
 }
@@ -399,7 +458,11 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         }
         let over = b.handle.used() > b.handle.budget;
         if over {
+            let handle = b.handle.clone();
             self.evict();
+            if self.evict_stuck_at.is_some() && handle.wait_for_room() {
+                self.evict();
+            }
         }
         let Some(b) = &mut self.bound else { return };
         if self.map.contains_key(key) {
@@ -425,6 +488,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
                     },
                 );
                 self.count_new(false);
+                self.clean_loads += 1;
             }
             Ok(None) => {}
             Ok(Some(Err(e))) | Err(e) => b.handle.fail(e),
@@ -441,6 +505,12 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
             return;
         }
         let applied = h.applied.load(Ordering::Acquire);
+        if let Some((at, loads)) = self.evict_stuck_at {
+            let loaded = self.clean_loads - loads;
+            if at == applied && loaded < (self.map.len() / 16).max(64) {
+                return;
+            }
+        }
         let mut excess = (self.counted - share) / per.max(1) + 1;
         self.map.retain(|_, s| {
             if excess > 0 && s.tag != DIRTY && s.tag <= applied {
@@ -453,6 +523,7 @@ impl<K: Key, V: StateCodec> KeyedState<K, V> {
         if self.map.capacity() > 2 * self.map.len() + 64 {
             self.map.shrink_to_fit();
         }
+        self.evict_stuck_at = (excess > 0).then_some((applied, self.clean_loads));
         self.recount();
     }
 

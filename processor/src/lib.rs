@@ -72,6 +72,7 @@ pub mod source;
 pub mod state;
 pub mod store;
 pub mod task;
+pub mod time_index;
 pub mod timers;
 pub mod trigger;
 pub mod value_state;

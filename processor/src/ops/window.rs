@@ -11,15 +11,17 @@
 //! stays as small as the key count). A checkpoint writes the keys whose accumulators changed since the last,
 //! and on the disk backend they may be more than memory holds. `fixed_keys` lists the keys of every open
 //! window, so that a window that closes is emitted without a pass over all the state; it is derived (rebuilt
-//! from the state at a restore, never written). Sessions are keyed state as well (per key, its open sessions),
-//! with `session_ends` their derived index, and so are sliding and global windows (see
+//! from the state at a restore, never written), and on the disk backend it spills to a scratch file when the
+//! pipeline is over its memory budget (see [`TimeIndex`]). Sessions are keyed state as well (per key, its
+//! open sessions), with `session_ends` their derived index, and so are sliding and global windows (see
 //! [`super::sliding_window`], [`super::global_window`]).
 //!
 //! Invariants:
 //! - every window held is still open: `end + lateness > watermark`;
 //! - `watermark` only grows; a window is emitted exactly once, when it closes, and then forgotten;
-//! - `fixed[key]` holds an accumulator for window `end` exactly when `fixed_keys[end]` lists `key` (once),
-//!   and `fixed_count` is how many accumulators there are; a key's panes are sorted by end and never empty;
+//! - `fixed[key]` holds an accumulator for window `end` exactly when `fixed_keys[end]` lists `key` (it may
+//!   list it twice after a restore; a key without that window is skipped when its end is drained), and
+//!   `fixed_count` is how many accumulators there are; a key's panes are sorted by end and never empty;
 //! - `session_ends` lists, for every open session, its end and key (it may also hold stale entries for sessions
 //!   that merged or closed: they are skipped when popped); a key's session list is never empty.
 //!
@@ -38,6 +40,7 @@ use crate::metrics::OperatorMetrics;
 use crate::operator::{Collector, Operator, TaskInfo};
 use crate::record::{OutRecord, WindowResult};
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
+use crate::time_index::TimeIndex;
 use crate::window::Window;
 
 use super::global_window::GlobalWindows;
@@ -122,6 +125,22 @@ impl<A: StateCodec> StateCodec for Sessions<A> {
     }
 }
 
+/// The result of a window that closed.
+fn result<K, T, A: Aggregator<T>>(
+    agg: &A,
+    key: K,
+    start: i64,
+    end: i64,
+    acc: &A::Acc,
+) -> WindowResult<K, A::Out> {
+    WindowResult {
+        key,
+        window_start: start,
+        window_end: end,
+        value: agg.finish(acc),
+    }
+}
+
 pub struct WindowAggregate<K, T, A: Aggregator<T>> {
     window: Window,
     lateness: i64,
@@ -131,12 +150,12 @@ pub struct WindowAggregate<K, T, A: Aggregator<T>> {
     /// Fixed (tumbling, hopping, cumulative) windows' accumulators.
     fixed: KeyedState<K, Panes<A::Acc>>,
     /// The keys of each open fixed window, by end.
-    fixed_keys: BTreeMap<i64, Vec<K>>,
+    fixed_keys: TimeIndex<K>,
     fixed_count: usize,
     /// Open sessions (counted when the index is rebuilt, and as sessions are made and closed).
     session_count: usize,
     sessions: KeyedState<K, Sessions<A::Acc>>,
-    session_ends: BTreeMap<i64, Vec<K>>,
+    session_ends: TimeIndex<K>,
     sliding: SlidingWindows<K, A::Acc>,
     global: GlobalWindows<K, A::Acc>,
     scratch: Vec<(i64, i64)>,
@@ -162,11 +181,11 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
             late,
             watermark: i64::MIN,
             fixed: KeyedState::new(),
-            fixed_keys: BTreeMap::new(),
+            fixed_keys: TimeIndex::new(),
             fixed_count: 0,
             session_count: 0,
             sessions: KeyedState::new(),
-            session_ends: BTreeMap::new(),
+            session_ends: TimeIndex::new(),
             sliding: SlidingWindows::new(diff, lateness),
             global: GlobalWindows::new(trigger),
             scratch: Vec::new(),
@@ -199,7 +218,7 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
                             agg.add(&mut acc, item);
                             panes.0.insert(at, (end, acc));
                             // Detached from the read buffer, as the state stores a new key.
-                            index.entry(end).or_default().push(key.to_stored());
+                            index.push(end, key.to_stored());
                             new += 1;
                         }
                     }
@@ -266,87 +285,81 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
         match added {
             Some((end, before, after)) => {
                 self.session_count = (self.session_count + after).saturating_sub(before);
-                self.session_ends
-                    .entry(end)
-                    .or_default()
-                    .push(key.to_stored());
+                self.session_ends.push(end, key.to_stored());
                 true
             }
             None => false,
         }
     }
 
-    fn result(&self, key: K, start: i64, end: i64, acc: &A::Acc) -> WindowResult<K, A::Out> {
-        WindowResult {
-            key,
-            window_start: start,
-            window_end: end,
-            value: self.agg.finish(acc),
-        }
-    }
-
     fn fire(&mut self, out: &mut dyn Collector<WindowResult<K, A::Out>>) {
-        while let Some((&end, _)) = self.fixed_keys.first_key_value() {
+        while let Some(end) = self.fixed_keys.first_time() {
             if !self.closed(end) {
                 break;
             }
-            let Some((_, mut keys)) = self.fixed_keys.pop_first() else {
-                break;
-            };
-            // Sorted, so that results come out in the same order on every run (and in the test driver).
-            keys.sort_unstable();
-            keys.dedup();
-            for key in keys {
-                let Some(panes) = self.fixed.get_mut(&key) else {
-                    continue; // only if the state store failed, which fails the pipeline
+            // Keys come sorted (per spilled extent), so that results come out in the same order on every run
+            // whose index stayed in memory (and in the test driver).
+            let WindowAggregate {
+                fixed_keys,
+                fixed,
+                fixed_count,
+                window,
+                agg,
+                ..
+            } = self;
+            fixed_keys.drain(end, |key| {
+                let Some(panes) = fixed.get_mut(&key) else {
+                    return; // only if the state store failed, which fails the pipeline
                 };
                 let Some(at) = panes.0.iter().position(|p| p.0 == end) else {
-                    continue;
+                    return;
                 };
                 let (_, acc) = panes.0.remove(at);
                 if panes.0.is_empty() {
-                    self.fixed.remove(&key);
+                    fixed.remove(&key);
                 }
-                self.fixed_count = self.fixed_count.saturating_sub(1);
-                let r = self.result(key, self.window.fixed_start(end), end, &acc);
+                *fixed_count = fixed_count.saturating_sub(1);
+                let r = result(&**agg, key, window.fixed_start(end), end, &acc);
                 out.emit(end.saturating_sub(1), r);
-            }
+            });
         }
-        while let Some((&end, _)) = self.session_ends.first_key_value() {
+        while let Some(end) = self.session_ends.first_time() {
             if !self.closed(end) {
                 break;
             }
-            let Some((_, mut keys)) = self.session_ends.pop_first() else {
-                break;
-            };
-            keys.sort_unstable();
-            keys.dedup();
-            for key in keys {
-                let Some(sessions) = self.sessions.get_mut(&key) else {
-                    continue;
+            let WindowAggregate {
+                session_ends,
+                sessions,
+                session_count,
+                agg,
+                ..
+            } = self;
+            session_ends.drain(end, |key| {
+                let Some(held) = sessions.get_mut(&key) else {
+                    return;
                 };
                 let mut closed = Vec::new();
                 let mut i = 0;
-                while i < sessions.0.len() {
+                while i < held.0.len() {
                     // Only the sessions ending here or before (each has its own entry): so sessions close in
                     // order of end, whatever stale entries a key has, and a restored operator (whose entries
                     // are rebuilt without the stale ones) emits in the same order.
-                    if sessions.0[i].end <= end {
-                        closed.push(sessions.0.swap_remove(i));
+                    if held.0[i].end <= end {
+                        closed.push(held.0.swap_remove(i));
                     } else {
                         i += 1;
                     }
                 }
-                if sessions.0.is_empty() {
-                    self.sessions.remove(&key);
+                if held.0.is_empty() {
+                    sessions.remove(&key);
                 }
-                self.session_count = self.session_count.saturating_sub(closed.len());
+                *session_count = session_count.saturating_sub(closed.len());
                 closed.sort_unstable_by_key(|s| s.start);
                 for s in closed {
-                    let r = self.result(key.clone(), s.start, s.end, &s.acc);
+                    let r = result(&**agg, key.clone(), s.start, s.end, &s.acc);
                     out.emit(s.end.saturating_sub(1), r);
                 }
-            }
+            });
         }
     }
 
@@ -357,30 +370,30 @@ impl<K: Key, T, A: Aggregator<T>> WindowAggregate<K, T, A> {
 
     /// Lists every fixed window's keys again from the state (after it was loaded or restored).
     fn rebuild_fixed_keys(&mut self) -> Result<()> {
-        let mut index: BTreeMap<i64, Vec<K>> = BTreeMap::new();
+        let index = &mut self.fixed_keys;
+        index.clear();
         let mut n = 0;
         self.fixed.for_each(|key, panes| {
             for (end, _) in &panes.0 {
-                index.entry(*end).or_default().push(key.clone());
+                index.push(*end, key.clone());
                 n += 1;
             }
         })?;
-        self.fixed_keys = index;
         self.fixed_count = n;
         Ok(())
     }
 
     /// Lists every open session's end again from the state (after it was loaded or restored).
     fn rebuild_session_ends(&mut self) -> Result<()> {
-        let mut index: BTreeMap<i64, Vec<K>> = BTreeMap::new();
+        let index = &mut self.session_ends;
+        index.clear();
         let mut n = 0;
         self.sessions.for_each(|key, sessions| {
             for s in &sessions.0 {
-                index.entry(s.end).or_default().push(key.clone());
+                index.push(s.end, key.clone());
                 n += 1;
             }
         })?;
-        self.session_ends = index;
         self.session_count = n;
         Ok(())
     }
@@ -392,6 +405,8 @@ impl<K: Key, T: Send, A: Aggregator<T>> Operator<(K, T)> for WindowAggregate<K, 
     fn on_start(&mut self, task: &TaskInfo) {
         self.fixed.bind(task);
         self.sessions.bind_named(task, "sessions");
+        self.fixed_keys.bind(task);
+        self.session_ends.bind(task);
         self.sliding.bind(task);
         self.global.bind(task);
         // A failed read of the store is recorded by the backend, which fails the pipeline.
@@ -574,6 +589,50 @@ mod tests {
             Window::global(Trigger::count(1_000)),
             Window::global(Trigger::event_time(d(700))),
         ]
+    }
+
+    /// On the disk backend over its budget, the index of a window's keys and of sessions' ends spills to a
+    /// scratch file, and the window still fires once per key with exact counts.
+    #[test]
+    fn a_spilled_index_fires_every_key_exactly() {
+        use crate::keyed_state::{BackendKind, StateBackend};
+        use crate::store::Store;
+        let d = Duration::from_millis;
+        for window in [Window::tumbling(d(1_000)), Window::session(d(300))] {
+            let dir = tempfile::tempdir().unwrap();
+            let h = StateBackend::new(
+                Arc::new(Store::open(dir.path()).unwrap()),
+                BackendKind::Disk,
+                256 << 10,
+            );
+            let mut w = op(window);
+            w.on_start(&TaskInfo {
+                key_group: Some(0),
+                operator: "w".into(),
+                state: Some(h.clone()),
+                ..TaskInfo::default()
+            });
+            let mut out = Out::default();
+            let keys = 50_000u64;
+            for round in 0..2 {
+                for k in 0..keys {
+                    if round == 0 || k % 10 == 0 {
+                        w.process(10 + round, (k, 1), &mut out);
+                    }
+                }
+            }
+            let spilled = w.fixed_keys.spilled() + w.session_ends.spilled();
+            assert!(spilled > 10_000, "{window:?}: spilled {spilled}");
+            w.on_watermark(10_000, &mut out);
+            assert!(h.take_error().is_none());
+            assert_eq!(out.0.len() as u64, keys, "{window:?}");
+            let mut seen = std::collections::HashSet::new();
+            for (_, r) in &out.0 {
+                assert!(seen.insert(r.key), "{window:?}: key {} twice", r.key);
+                assert_eq!(r.value, if r.key % 10 == 0 { 2 } else { 1 }, "{window:?}");
+            }
+            assert!(w.fixed_keys.is_empty() && w.session_ends.is_empty());
+        }
     }
 
     proptest! {
