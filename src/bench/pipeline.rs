@@ -65,6 +65,10 @@ pub struct PipelineArgs {
     /// Percent of the keys changed per round in `--kind state`.
     #[arg(long, default_value_t = 1.0)]
     pub state_changed_pct: f64,
+    /// In `--kind state`, count per key in one tumbling window that stays open (so the window's index of
+    /// keys, not only its accumulators, grows with the keys) instead of a running count into a table.
+    #[arg(long)]
+    pub state_window: bool,
     /// Do not fsync checkpoints (exactly-once then holds across process crashes, not machine crashes).
     #[arg(long)]
     pub no_fsync: bool,
@@ -231,6 +235,7 @@ fn run_in(a: &PipelineArgs, dir: &std::path::Path, rt: tokio::runtime::Handle) -
                     a.state_budget_mb,
                     a.state_changed_pct,
                     a.state_rounds,
+                    a.state_window,
                     a.quiet,
                 )?);
             }

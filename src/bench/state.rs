@@ -19,7 +19,9 @@ use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use millrace_processor::keyed_state::BackendKind;
 use millrace_processor::local::LocalHost;
-use millrace_processor::{Count, Host, Message, OutRecord, Pipeline, PipelineMetrics};
+use millrace_processor::{
+    Count, Host, Message, OutRecord, Pipeline, PipelineMetrics, Window, WindowResult,
+};
 use millrace_protocol::records::BatchBuilder;
 use millrace_storage::Log;
 use serde_json::json;
@@ -136,6 +138,7 @@ pub fn run_one(
     budget_mb: usize,
     changed_pct: f64,
     rounds: usize,
+    window: bool,
     quiet: bool,
 ) -> Result<StateRun> {
     let backend = match kind {
@@ -144,19 +147,36 @@ pub fn run_one(
     };
     let name = format!("state-{backend}-{keys}-{run_id}");
     let input = format!("{name}-in");
-    let job = Pipeline::new(name.clone())
+    let keyed = Pipeline::new(name.clone())
         .checkpoint_interval(Duration::from_millis(1000))
         .state_backend(kind)
         .state_memory_budget(budget_mb << 20)
         .parallelism(1)
         .source_with_partitions(input.clone(), Some(1))
-        .key_by(|m: &Message| m.key.clone().unwrap_or_default())
-        .aggregate(Count)
-        .to_stream()
-        .filter(|_: &(Bytes, Option<u64>)| false)
-        .sink_with_partitions(format!("{name}-out"), Some(1), |(k, _)| {
-            OutRecord::new(Some(k), None, 0)
-        })?;
+        .key_by(|m: &Message| m.key.clone().unwrap_or_default());
+    let job = if window {
+        // Every record is at time 0: one window, open until the end of time.
+        keyed
+            .window(Window::tumbling(Duration::from_secs(1 << 40)))
+            .late_to(
+                format!("{name}-late"),
+                Some(1),
+                |k: &Bytes, _: &Message, ts| OutRecord::new(Some(k.clone()), None, ts),
+            )
+            .aggregate(Count)
+            .filter(|_: &WindowResult<Bytes, u64>| false)
+            .sink_with_partitions(format!("{name}-out"), Some(1), |r| {
+                OutRecord::new(Some(r.key), None, 0)
+            })?
+    } else {
+        keyed
+            .aggregate(Count)
+            .to_stream()
+            .filter(|_: &(Bytes, Option<u64>)| false)
+            .sink_with_partitions(format!("{name}-out"), Some(1), |(k, _)| {
+                OutRecord::new(Some(k), None, 0)
+            })?
+    };
     let log = host
         .topic(&input, Some(1))?
         .first()
