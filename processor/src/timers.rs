@@ -13,7 +13,7 @@
 //! processing-time timer when processing time does): [`TimerQueue::pop_due`] pops the earliest timer at or
 //! before a given time.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use smallvec::SmallVec;
 
@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::keyed_state::KeyedState;
 use crate::operator::TaskInfo;
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
+use crate::time_index::TimeIndex;
 
 /// The clock a timer follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -188,19 +189,33 @@ impl StateCodec for KeyTimers {
 }
 
 /// Timers kept as keyed state (per key, its timers: a checkpoint writes the keys whose timers changed, and
-/// the disk backend can hold them), with a [`TimerQueue`] of all of them in memory as the firing order,
-/// derived from the state (rebuilt when it is bound or restored, never written).
+/// the disk backend can hold them), with a [`TimeIndex`] per domain as the firing order, derived from the
+/// state (rebuilt when it is bound or restored, never written), which on the disk backend spills to a scratch
+/// file over the memory budget.
 ///
-/// Invariant: `queue` holds (domain, time, key) exactly when `state[key]` lists (domain, time).
+/// Invariants:
+/// - `state[key]` lists (domain, time) exactly when that timer is pending; `pending` counts them;
+/// - every pending timer is listed in its domain's index under its time, or is in `due`; the index may also
+///   list timers deleted or fired since (an entry is checked against the state when it comes due);
+/// - `due` holds the timers of one domain taken from its index at one time or earlier, sorted by (time,
+///   key), none later than the `upto` of the `pop_due` that took them.
 pub struct KeyedTimers<K> {
-    queue: TimerQueue<K>,
+    event: TimeIndex<K>,
+    processing: TimeIndex<K>,
+    due: VecDeque<(i64, K)>,
+    due_domain: TimeDomain,
+    pending: usize,
     state: KeyedState<K, KeyTimers>,
 }
 
 impl<K: Key> Default for KeyedTimers<K> {
     fn default() -> Self {
         KeyedTimers {
-            queue: TimerQueue::new(),
+            event: TimeIndex::new(),
+            processing: TimeIndex::new(),
+            due: VecDeque::new(),
+            due_domain: TimeDomain::EventTime,
+            pending: 0,
             state: KeyedState::new(),
         }
     }
@@ -211,82 +226,153 @@ impl<K: Key> KeyedTimers<K> {
         Self::default()
     }
 
+    fn index(&mut self, domain: TimeDomain) -> &mut TimeIndex<K> {
+        match domain {
+            TimeDomain::EventTime => &mut self.event,
+            TimeDomain::ProcessingTime => &mut self.processing,
+        }
+    }
+
     /// Binds the timers to the task's backend under the operator's state named `name`, and lists them.
     pub fn bind_named(&mut self, task: &TaskInfo, name: &str) {
         self.state.bind_named(task, name);
+        self.event.bind(task);
+        self.processing.bind(task);
         // A failed read of the store is recorded by the backend, which fails the pipeline.
         let _ = self.rebuild();
     }
 
     fn rebuild(&mut self) -> Result<()> {
-        let mut queue = TimerQueue::new();
+        let (event, processing) = (&mut self.event, &mut self.processing);
+        event.clear();
+        processing.clear();
+        self.due.clear();
+        let mut n = 0;
         self.state.for_each(|key, timers| {
             for (d, t) in &timers.0 {
-                queue.register(*d, key, *t);
+                match d {
+                    TimeDomain::EventTime => event.push(*t, key.clone()),
+                    TimeDomain::ProcessingTime => processing.push(*t, key.clone()),
+                }
+                n += 1;
             }
         })?;
-        self.queue = queue;
+        self.pending = n;
         Ok(())
     }
 
-    /// The firing order (every pending timer).
-    pub fn queue(&self) -> &TimerQueue<K> {
-        &self.queue
+    /// Whether `key` has a timer at `time` in `domain`.
+    pub fn contains(&mut self, domain: TimeDomain, key: &K, time: i64) -> bool {
+        self.state
+            .get(key)
+            .is_some_and(|t| t.0.binary_search(&(domain, time)).is_ok())
     }
 
     /// Registers a timer; false if it was already pending.
     pub fn register(&mut self, domain: TimeDomain, key: &K, time: i64) -> bool {
-        if !self.queue.register(domain, key, time) {
-            return false;
-        }
-        let add = |timers: &mut KeyTimers| {
-            let at = timers.0.partition_point(|x| *x < (domain, time));
-            timers.0.insert(at, (domain, time));
+        let add = |timers: &mut KeyTimers| match timers.0.binary_search(&(domain, time)) {
+            Ok(_) => false,
+            Err(at) => {
+                timers.0.insert(at, (domain, time));
+                true
+            }
         };
-        match self.state.get_mut(key) {
-            Some(timers) => add(timers),
+        let new = match self.state.get(key).map(|t| t.0.contains(&(domain, time))) {
+            Some(true) => false,
+            Some(false) => self.state.get_mut(key).is_some_and(add),
             None => {
                 let mut timers = KeyTimers::default();
                 add(&mut timers);
-                self.state.put(key.clone(), timers);
+                self.state.put(key.to_stored(), timers);
+                true
             }
+        };
+        if !new {
+            return false;
+        }
+        self.pending += 1;
+        // A timer at or before what `due` holds fires with it, in order; a later one waits in the index.
+        if self.due_domain == domain && self.due.back().is_some_and(|b| (time, key) <= (b.0, &b.1))
+        {
+            let at = self.due.partition_point(|e| (e.0, &e.1) < (time, key));
+            self.due.insert(at, (time, key.to_stored()));
+        } else {
+            self.index(domain).push(time, key.to_stored());
         }
         true
     }
 
-    /// Forgets `key`'s timer (domain, time) in the state.
-    fn forget(&mut self, domain: TimeDomain, key: &K, time: i64) {
+    /// Forgets `key`'s timer (domain, time) in the state; true if it was pending.
+    fn forget(&mut self, domain: TimeDomain, key: &K, time: i64) -> bool {
+        let Some(timers) = self.state.get(key) else {
+            return false;
+        };
+        if timers.0.binary_search(&(domain, time)).is_err() {
+            return false;
+        }
         let Some(timers) = self.state.get_mut(key) else {
-            return;
+            return false;
         };
         timers.0.retain(|x| *x != (domain, time));
         if timers.0.is_empty() {
             self.state.remove(key);
         }
+        self.pending -= 1;
+        true
     }
 
-    /// Deletes a timer; false if there was none.
+    /// Deletes a timer; false if there was none. (Its index entry stays, and is skipped when it comes due.)
     pub fn delete(&mut self, domain: TimeDomain, key: &K, time: i64) -> bool {
-        if !self.queue.delete(domain, key, time) {
-            return false;
-        }
-        self.forget(domain, key, time);
-        true
+        self.forget(domain, key, time)
     }
 
     /// Removes and returns the earliest timer of `domain` at or before `upto`, as (time, key).
     pub fn pop_due(&mut self, domain: TimeDomain, upto: i64) -> Option<(i64, K)> {
-        let (time, key) = self.queue.pop_due(domain, upto)?;
-        self.forget(domain, &key, time);
-        Some((time, key))
+        if self.due_domain != domain && !self.due.is_empty() {
+            // The other domain's due timers go back to their index (a caller fires one domain at a time).
+            let other = self.due_domain;
+            let back: Vec<(i64, K)> = self.due.drain(..).collect();
+            for (t, k) in back {
+                self.index(other).push(t, k);
+            }
+        }
+        self.due_domain = domain;
+        loop {
+            // The index may hold something earlier than `due` (a timer registered meanwhile in the past).
+            let next = self.index(domain).first_time().filter(|t| *t <= upto);
+            let take = match (next, self.due.front()) {
+                (Some(t), Some(d)) => t < d.0,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if let (true, Some(t)) = (take, next) {
+                let mut keys = Vec::new();
+                self.index(domain).drain(t, |k| keys.push(k));
+                let mut merged: Vec<(i64, K)> = self.due.drain(..).collect();
+                merged.extend(keys.into_iter().map(|k| (t, k)));
+                merged.sort();
+                merged.dedup();
+                self.due.extend(merged);
+                continue;
+            }
+            let (t, key) = self.due.pop_front()?;
+            if t > upto {
+                self.due.push_front((t, key));
+                return None;
+            }
+            if self.forget(domain, &key, t) {
+                return Some((t, key));
+            }
+        }
     }
 
+    /// Pending timers of both domains.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.pending
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.pending == 0
     }
 
     /// At a checkpoint: a bound state stages the keys whose timers changed; an unbound one writes them all.
@@ -320,6 +406,84 @@ mod tests {
     use std::collections::BTreeMap;
 
     use TimeDomain::{EventTime, ProcessingTime};
+
+    fn disk(dir: &std::path::Path, budget: usize) -> crate::keyed_state::StateHandle {
+        crate::keyed_state::StateBackend::new(
+            std::sync::Arc::new(crate::store::Store::open(dir).unwrap()),
+            crate::keyed_state::BackendKind::Disk,
+            budget,
+        )
+    }
+
+    fn keyed(h: Option<&crate::keyed_state::StateHandle>) -> KeyedTimers<u64> {
+        let mut q = KeyedTimers::new();
+        if let Some(h) = h {
+            q.bind_named(
+                &TaskInfo {
+                    key_group: Some(1),
+                    operator: "p".into(),
+                    state: Some(h.clone()),
+                    ..TaskInfo::default()
+                },
+                "timers",
+            );
+        }
+        q
+    }
+
+    /// Checkpoints `q` into the store and starts over from it, as a restarted pipeline would.
+    fn restart(
+        h: &crate::keyed_state::StateHandle,
+        mut q: KeyedTimers<u64>,
+        id: u64,
+    ) -> KeyedTimers<u64> {
+        let mut w = StateWriter::new();
+        q.checkpoint(&mut w);
+        let (epoch, sets) = h.seal();
+        h.store().apply(id, &sets).unwrap();
+        h.mark_applied(epoch);
+        drop(q);
+        let mut q = keyed(Some(h));
+        q.restore(&mut StateReader::new(&w.buf)).unwrap();
+        q
+    }
+
+    /// 200,000 event-time timers over a 256 KiB budget: the index spills, and every timer still fires once,
+    /// in order, with those registered while firing (in the past, now and later) among them.
+    #[test]
+    fn a_spilled_timer_index_fires_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = disk(dir.path(), 256 << 10);
+        let mut q = keyed(Some(&h));
+        let n = 200_000u64;
+        for k in 0..n {
+            q.register(EventTime, &k, (k % 1_000) as i64);
+        }
+        assert!(q.event.spilled() > 0, "the index spilled");
+        let mut fired = Vec::new();
+        while let Some((t, k)) = q.pop_due(EventTime, 2_000) {
+            if k == 7 && t == 7 {
+                // One in the past, one now, one later (all due).
+                q.register(EventTime, &1_000_001, 3);
+                q.register(EventTime, &1_000_002, 7);
+                q.register(EventTime, &1_000_003, 1_500);
+            }
+            fired.push((t, k));
+        }
+        assert!(h.take_error().is_none());
+        assert_eq!(fired.len() as u64, n + 3);
+        assert!(q.is_empty());
+        let mut sorted = fired.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), fired.len(), "each fired once");
+        // In time order, except the timer registered in the past, which fires right after it was made.
+        let late = fired.iter().position(|x| *x == (3, 1_000_001)).unwrap();
+        let mut rest = fired.clone();
+        rest.remove(late);
+        assert!(rest.windows(2).all(|w| w[0] <= w[1]));
+        assert!(fired[..late].contains(&(7, 7)));
+    }
 
     #[test]
     fn registering_twice_gives_one_timer_per_domain() {
@@ -427,6 +591,51 @@ mod tests {
                 let mut r = StateReader::new(&w.buf);
                 prop_assert_eq!(&TimerQueue::<u64>::decode(&mut r).unwrap(), &q);
                 prop_assert!(r.is_empty());
+            }
+        }
+
+        /// Keyed timers against the same model, without a backend and on the disk backend (restored from
+        /// the store at random points): every registered, undeleted timer pops exactly once, at the first
+        /// advance that reaches it, in (time, key) order.
+        #[test]
+        fn keyed_timers_pop_once_in_order(ops in proptest::collection::vec(op(), 0..80),
+                                          restarts in proptest::collection::vec(any::<bool>(), 80)) {
+            let dir = tempfile::tempdir().unwrap();
+            let h = disk(dir.path(), 1 << 20);
+            for bound in [false, true] {
+                let mut q = keyed(bound.then_some(&h));
+                let mut model: BTreeMap<TimeDomain, BTreeSet<(i64, u64)>> = BTreeMap::new();
+                let mut clock: BTreeMap<TimeDomain, i64> = BTreeMap::new();
+                for (i, op) in ops.iter().enumerate() {
+                    match *op {
+                        Op::Register(d, k, t) => {
+                            let new = model.entry(d).or_default().insert((t, k));
+                            prop_assert_eq!(q.register(d, &k, t), new);
+                        }
+                        Op::Delete(d, k, t) => {
+                            let had = model.entry(d).or_default().remove(&(t, k));
+                            prop_assert_eq!(q.delete(d, &k, t), had);
+                        }
+                        Op::Advance(d, step) => {
+                            let now = clock.entry(d).or_insert(0);
+                            *now += step;
+                            let mut popped = Vec::new();
+                            while let Some(t) = q.pop_due(d, *now) {
+                                popped.push(t);
+                            }
+                            let set = model.entry(d).or_default();
+                            let rest = set.split_off(&(*now + 1, 0));
+                            let due: Vec<(i64, u64)> =
+                                std::mem::replace(set, rest).into_iter().collect();
+                            prop_assert_eq!(popped, due);
+                        }
+                    }
+                    let total: usize = model.values().map(BTreeSet::len).sum();
+                    prop_assert_eq!(q.len(), total);
+                    if bound && restarts[i] {
+                        q = restart(&h, q, i as u64 + 1);
+                    }
+                }
             }
         }
 
