@@ -16,20 +16,25 @@
 //!
 //! The entries are [`KeyedState`]: a checkpoint writes the keys whose value or stamp changed since the last
 //! one, and on the disk backend they may be more than memory holds. `expiry` and `pending` are derived from
-//! the entries (rebuilt when the state is bound or restored, never written).
+//! the entries (rebuilt when the state is bound or restored, never written); `expiry` is a [`TimeIndex`],
+//! which on the disk backend spills to a scratch file over the memory budget.
 //!
-//! Invariants (with a TTL): every entry whose stamp is known has exactly one `(stamp + ttl, key)` in `expiry`,
-//! and every entry whose stamp is pending is in `pending`; nothing else is in either. Without a TTL both are
-//! empty and stamps are not kept (they are written as pending, so that a TTL added later starts counting at
-//! the first clock value after the restore). `count` is the number of entries.
+//! Invariants (with a TTL): every entry whose stamp is known has `(stamp + ttl, key)` in `expiry` or in
+//! `due`; `expiry` and `due` may also hold stale pairs (of entries restamped or removed since: an entry is
+//! removed by a cleanup only if its expiry is the pair's time); `due` holds pairs taken from `expiry` at or
+//! before a cleanup's clock, sorted; every entry whose stamp is pending is in `pending`, and nothing else is.
+//! Without a TTL all three are empty and stamps are not kept (they are written as pending, so that a TTL
+//! added later starts counting at the first clock value after the restore). `count` is the number of
+//! entries.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::keyed_state::KeyedState;
 use crate::operator::TaskInfo;
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
+use crate::time_index::TimeIndex;
 
 /// How many expired entries one incremental cleanup removes at most.
 pub const CLEANUP_BATCH: usize = 64;
@@ -101,8 +106,9 @@ pub struct ValueState<K, S> {
     ttl: Option<StateTtl>,
     entries: KeyedState<K, Entry<S>>,
     count: usize,
-    /// (expiry time, key) of every entry with a known stamp, earliest first.
-    expiry: BTreeSet<(i64, K)>,
+    /// (expiry time, key) of every entry with a known stamp (see the invariants).
+    expiry: TimeIndex<K>,
+    due: VecDeque<(i64, K)>,
     /// Entries accessed while the clock was unknown.
     pending: HashSet<K>,
     expired: u64,
@@ -114,7 +120,8 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
             ttl,
             entries: KeyedState::new(),
             count: 0,
-            expiry: BTreeSet::new(),
+            expiry: TimeIndex::new(),
+            due: VecDeque::new(),
             pending: HashSet::new(),
             expired: 0,
         }
@@ -136,25 +143,28 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
     /// Binds the entries to the task's state backend (see [`KeyedState::bind`]) and lists what it holds.
     pub fn bind(&mut self, task: &TaskInfo) {
         self.entries.bind(task);
+        self.expiry.bind(task);
         // A failed read of the store is recorded by the backend, which fails the pipeline.
         let _ = self.rebuild();
     }
 
     /// Lists every entry's expiry (or pending stamp) again, and counts the entries.
     fn rebuild(&mut self) -> Result<()> {
-        let (mut expiry, mut pending, mut count) = (BTreeSet::new(), HashSet::new(), 0);
+        let (mut pending, mut count) = (HashSet::new(), 0);
         let ttl = self.ttl;
+        let expiry = &mut self.expiry;
+        expiry.clear();
+        self.due.clear();
         self.entries.for_each(|key, e| {
             count += 1;
             if let Some(ttl) = ttl {
                 if e.stamp == PENDING {
                     pending.insert(key.clone());
                 } else {
-                    expiry.insert((Self::expires_at(&ttl, e.stamp), key.clone()));
+                    expiry.push(Self::expires_at(&ttl, e.stamp), key.clone());
                 }
             }
         })?;
-        self.expiry = expiry;
         self.pending = pending;
         self.count = count;
         Ok(())
@@ -171,16 +181,16 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
 
     /// Moves `key`'s stamp from `old` to `clock` (the caller has checked there is a TTL).
     fn restamp(&mut self, ttl: StateTtl, key: &K, old: i64, clock: Option<i64>) -> i64 {
+        // The old expiry's pair, if any, goes stale (see the invariants).
         if old == PENDING {
             self.pending.remove(key);
-        } else {
-            self.expiry
-                .remove(&(Self::expires_at(&ttl, old), key.clone()));
         }
         match clock {
             Some(now) => {
-                self.expiry
-                    .insert((Self::expires_at(&ttl, now), key.clone()));
+                if old != now {
+                    self.expiry
+                        .push(Self::expires_at(&ttl, now), key.to_stored());
+                }
                 now
             }
             None => {
@@ -197,13 +207,9 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
         };
         self.entries.remove(key);
         self.count = self.count.saturating_sub(1);
-        if let Some(ttl) = self.ttl {
-            if stamp == PENDING {
-                self.pending.remove(key);
-            } else {
-                self.expiry
-                    .remove(&(Self::expires_at(&ttl, stamp), key.clone()));
-            }
+        // Its expiry pair, if any, goes stale.
+        if self.ttl.is_some() && stamp == PENDING {
+            self.pending.remove(key);
         }
     }
 
@@ -251,7 +257,7 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
             None => match clock {
                 Some(now) => {
                     self.expiry
-                        .insert((Self::expires_at(&ttl, now), key.clone()));
+                        .push(Self::expires_at(&ttl, now), key.to_stored());
                     now
                 }
                 None => {
@@ -273,7 +279,7 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
         for key in std::mem::take(&mut self.pending) {
             if let Some(e) = self.entries.get_mut(&key) {
                 e.stamp = now;
-                self.expiry.insert((Self::expires_at(&ttl, now), key));
+                self.expiry.push(Self::expires_at(&ttl, now), key);
             }
         }
     }
@@ -288,16 +294,29 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
         }
         let mut removed = 0;
         while removed < max {
-            match self.expiry.first() {
-                Some((at, _)) if *at <= now => {}
-                _ => break,
+            let next = self.expiry.first_time().filter(|t| *t <= now);
+            if let Some(t) = next.filter(|t| self.due.front().is_none_or(|d| *t < d.0)) {
+                let mut keys = Vec::new();
+                self.expiry.drain(t, |k| keys.push(k));
+                let mut merged: Vec<(i64, K)> = self.due.drain(..).collect();
+                merged.extend(keys.into_iter().map(|k| (t, k)));
+                merged.sort();
+                self.due.extend(merged);
+                continue;
             }
-            let Some((_, key)) = self.expiry.pop_first() else {
+            let Some((at, key)) = self.due.pop_front() else {
                 break;
             };
-            self.entries.remove(&key);
-            self.count = self.count.saturating_sub(1);
-            removed += 1;
+            if at > now {
+                self.due.push_front((at, key));
+                break;
+            }
+            let current = self.entries.get(&key).map(|e| e.stamp);
+            if current.is_some_and(|s| s != PENDING && Self::expires_at(&ttl, s) == at) {
+                self.entries.remove(&key);
+                self.count = self.count.saturating_sub(1);
+                removed += 1;
+            }
         }
         self.expired += removed as u64;
         removed
@@ -443,6 +462,43 @@ mod tests {
         assert!(s.is_empty());
     }
 
+    /// On the disk backend over its budget the expiry index spills; expiry is still exact, restamped entries
+    /// included.
+    #[test]
+    fn a_spilled_expiry_index_expires_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = crate::keyed_state::StateBackend::new(
+            std::sync::Arc::new(crate::store::Store::open(dir.path()).unwrap()),
+            crate::keyed_state::BackendKind::Disk,
+            256 << 10,
+        );
+        let mut s = ValueState::<u64, u64>::new(ttl(100, UpdateType::OnReadAndWrite));
+        s.bind(&TaskInfo {
+            key_group: Some(0),
+            operator: "v".into(),
+            state: Some(h.clone()),
+            ..TaskInfo::default()
+        });
+        let n = 100_000u64;
+        for k in 0..n {
+            s.set(&k, k, Some((k % 50) as i64));
+        }
+        assert!(s.expiry.spilled() > 0, "the index spilled");
+        // Every tenth key is read at 120: it lives until 220.
+        for k in (0..n).step_by(10) {
+            assert_eq!(
+                s.get(&k, Some(120)),
+                if k % 50 < 21 { None } else { Some(&k) }
+            );
+        }
+        let renewed = (0..n).step_by(10).filter(|k| k % 50 >= 21).count();
+        assert_eq!(s.cleanup_all(Some(149)), n as usize - n as usize / 10);
+        assert_eq!(s.cleanup_all(Some(219)), 0);
+        assert_eq!(s.cleanup_all(Some(220)), renewed);
+        assert!(h.take_error().is_none());
+        assert_eq!((s.len(), s.expired()), (0, n));
+    }
+
     #[test]
     fn cleanup_is_bounded_and_complete_before_a_snapshot() {
         let mut s = ValueState::<u64, u64>::new(ttl(10, UpdateType::OnCreateAndWrite));
@@ -546,7 +602,8 @@ mod tests {
                         s = back;
                     }
                 }
-                prop_assert_eq!(s.expiry.len() + s.pending.len(), s.len());
+                // Every entry is indexed (the index may also hold stale pairs).
+                prop_assert!(s.expiry.len() + s.due.len() + s.pending.len() >= s.len());
             }
         }
 
