@@ -19,10 +19,14 @@
 //! the entries (rebuilt when the state is bound or restored, never written); `expiry` is a [`TimeIndex`],
 //! which on the disk backend spills to a scratch file over the memory budget.
 //!
-//! Invariants (with a TTL): every entry whose stamp is known has `(stamp + ttl, key)` in `expiry` or in
-//! `due`; `expiry` and `due` may also hold stale pairs (of entries restamped or removed since: an entry is
-//! removed by a cleanup only if its expiry is the pair's time); `due` holds pairs taken from `expiry` at or
-//! before a cleanup's clock, sorted; every entry whose stamp is pending is in `pending`, and nothing else is.
+//! Expiry is indexed by *slot*: the expiry time rounded up to an eighth of the TTL, so that an entry renewed
+//! at every read (`OnReadAndWrite`) adds an index entry at most eight times per TTL, not once per read.
+//!
+//! Invariants (with a TTL): every entry whose stamp is known has `(slot(stamp + ttl), key)` in `expiry`, or
+//! `(t, key)` in `due` with `t` in the same slot as its expiry and at or before it; `expiry` and `due` may
+//! also hold stale pairs (of entries restamped to another slot or removed since: a cleanup checks each pair
+//! against the entry); `due` is sorted and holds pairs taken from `expiry` by a cleanup whose clock had
+//! reached the start of their slot; every entry whose stamp is pending is in `pending`, and nothing else is.
 //! Without a TTL all three are empty and stamps are not kept (they are written as pending, so that a TTL
 //! added later starts counting at the first clock value after the restore). `count` is the number of
 //! entries.
@@ -161,7 +165,10 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
                 if e.stamp == PENDING {
                     pending.insert(key.clone());
                 } else {
-                    expiry.push(Self::expires_at(&ttl, e.stamp), key.clone());
+                    expiry.push(
+                        Self::slot(&ttl, Self::expires_at(&ttl, e.stamp)),
+                        key.clone(),
+                    );
                 }
             }
         })?;
@@ -179,6 +186,17 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
         stamp.saturating_add(ttl.ttl_ms)
     }
 
+    /// The granularity of the expiry index.
+    fn granule(ttl: &StateTtl) -> i64 {
+        (ttl.ttl_ms / 8).max(1)
+    }
+
+    /// The slot of an expiry time: the last millisecond of its granule (never before it).
+    fn slot(ttl: &StateTtl, at: i64) -> i64 {
+        let g = Self::granule(ttl);
+        at.div_euclid(g).saturating_mul(g).saturating_add(g - 1)
+    }
+
     /// Moves `key`'s stamp from `old` to `clock` (the caller has checked there is a TTL).
     fn restamp(&mut self, ttl: StateTtl, key: &K, old: i64, clock: Option<i64>) -> i64 {
         // The old expiry's pair, if any, goes stale (see the invariants).
@@ -187,9 +205,9 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
         }
         match clock {
             Some(now) => {
-                if old != now {
-                    self.expiry
-                        .push(Self::expires_at(&ttl, now), key.to_stored());
+                let slot = Self::slot(&ttl, Self::expires_at(&ttl, now));
+                if old == PENDING || Self::slot(&ttl, Self::expires_at(&ttl, old)) != slot {
+                    self.expiry.push(slot, key.to_stored());
                 }
                 now
             }
@@ -256,8 +274,10 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
             Some(old) => self.restamp(ttl, key, old, clock),
             None => match clock {
                 Some(now) => {
-                    self.expiry
-                        .push(Self::expires_at(&ttl, now), key.to_stored());
+                    self.expiry.push(
+                        Self::slot(&ttl, Self::expires_at(&ttl, now)),
+                        key.to_stored(),
+                    );
                     now
                 }
                 None => {
@@ -279,7 +299,8 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
         for key in std::mem::take(&mut self.pending) {
             if let Some(e) = self.entries.get_mut(&key) {
                 e.stamp = now;
-                self.expiry.push(Self::expires_at(&ttl, now), key);
+                self.expiry
+                    .push(Self::slot(&ttl, Self::expires_at(&ttl, now)), key);
             }
         }
     }
@@ -292,15 +313,34 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
         if !self.pending.is_empty() {
             self.stamp_pending(ttl, now);
         }
+        let g = Self::granule(&ttl);
         let mut removed = 0;
         while removed < max {
-            let next = self.expiry.first_time().filter(|t| *t <= now);
-            if let Some(t) = next.filter(|t| self.due.front().is_none_or(|d| *t < d.0)) {
+            // A slot whose granule has begun may hold expiries at or before `now`, and before what `due` holds.
+            let next = self
+                .expiry
+                .first_time()
+                .filter(|t| t.saturating_sub(g - 1) <= now);
+            if let Some(slot) = next.filter(|t| {
+                self.due
+                    .front()
+                    .is_none_or(|d| t.saturating_sub(g - 1) <= d.0)
+            }) {
                 let mut keys = Vec::new();
-                self.expiry.drain(t, |k| keys.push(k));
+                self.expiry.drain(slot, |k| keys.push(k));
                 let mut merged: Vec<(i64, K)> = self.due.drain(..).collect();
-                merged.extend(keys.into_iter().map(|k| (t, k)));
+                for key in keys {
+                    // Stale unless the entry's expiry is still in this slot.
+                    let at = match self.entries.get(&key) {
+                        Some(e) if e.stamp != PENDING => Self::expires_at(&ttl, e.stamp),
+                        _ => continue,
+                    };
+                    if Self::slot(&ttl, at) == slot {
+                        merged.push((at, key));
+                    }
+                }
                 merged.sort();
+                merged.dedup();
                 self.due.extend(merged);
                 continue;
             }
@@ -311,11 +351,18 @@ impl<K: Key, S: StateCodec> ValueState<K, S> {
                 self.due.push_front((at, key));
                 break;
             }
-            let current = self.entries.get(&key).map(|e| e.stamp);
-            if current.is_some_and(|s| s != PENDING && Self::expires_at(&ttl, s) == at) {
+            let current = match self.entries.get(&key) {
+                Some(e) if e.stamp != PENDING => Self::expires_at(&ttl, e.stamp),
+                _ => continue, // removed, or pending (listed there)
+            };
+            if current == at {
                 self.entries.remove(&key);
                 self.count = self.count.saturating_sub(1);
                 removed += 1;
+            } else if Self::slot(&ttl, current) == Self::slot(&ttl, at) {
+                // Renewed within the slot (no new pair was made): wait for the new time.
+                let i = self.due.partition_point(|e| (e.0, &e.1) < (current, &key));
+                self.due.insert(i, (current, key));
             }
         }
         self.expired += removed as u64;
@@ -497,6 +544,25 @@ mod tests {
         assert_eq!(s.cleanup_all(Some(220)), renewed);
         assert!(h.take_error().is_none());
         assert_eq!((s.len(), s.expired()), (0, n));
+    }
+
+    /// A key renewed at every read adds an index entry once per slot (an eighth of the TTL), not per read.
+    #[test]
+    fn reads_that_renew_do_not_grow_the_index() {
+        let mut s = ValueState::<u64, u64>::new(ttl(800, UpdateType::OnReadAndWrite));
+        s.set(&1, 10, Some(0));
+        for now in 0..10_000 {
+            assert_eq!(s.get(&1, Some(now)), Some(&10));
+            s.cleanup(Some(now), CLEANUP_BATCH);
+        }
+        // One pair per slot still ahead: the TTL's eight, and one more for the slot now being entered.
+        assert!(
+            s.expiry.len() + s.due.len() <= 9,
+            "{}",
+            s.expiry.len() + s.due.len()
+        );
+        assert_eq!(s.cleanup_all(Some(9_999 + 799)), 0);
+        assert_eq!(s.cleanup_all(Some(9_999 + 800)), 1);
     }
 
     #[test]
