@@ -96,27 +96,12 @@ impl ChangeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyed_state::{BackendKind, StateBackend};
+    use crate::keyed_state::BackendKind;
     use crate::state::StateReader;
-    use crate::store::Store;
-    use bytes::Bytes;
-    use std::sync::Arc;
+    use crate::test_support::{backend, commit, task};
 
     fn info(h: &StateHandle, group: u16) -> TaskInfo {
-        TaskInfo {
-            key_group: Some(group),
-            operator: "ij".into(),
-            state: Some(h.clone()),
-            ..TaskInfo::default()
-        }
-    }
-
-    fn commit(h: &StateHandle, id: u64) -> usize {
-        let (epoch, sets) = h.seal();
-        let n = sets.iter().map(Bytes::len).sum();
-        h.store().apply(id, &sets).unwrap();
-        h.mark_applied(epoch);
-        n
+        task(h, group, "ij")
     }
 
     fn load(h: &StateHandle, group: u16) -> Vec<(Vec<u8>, u64)> {
@@ -132,11 +117,7 @@ mod tests {
     #[test]
     fn only_changes_are_staged_and_a_restore_reads_base_plus_increments() {
         let dir = tempfile::tempdir().unwrap();
-        let h = StateBackend::new(
-            Arc::new(Store::open(dir.path()).unwrap()),
-            BackendKind::Memory,
-            1 << 20,
-        );
+        let h = backend(dir.path(), BackendKind::Memory, 1 << 20);
         let mut log = ChangeLog::default();
         log.bind(&info(&h, 7), "elements", |_, _| panic!("empty store"));
         for i in 0..1000u64 {

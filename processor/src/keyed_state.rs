@@ -816,26 +816,10 @@ impl<K, V> Drop for KeyedState<K, V> {
 mod tests {
     use super::*;
 
-    fn backend(dir: &std::path::Path, kind: BackendKind, budget: usize) -> StateHandle {
-        StateBackend::new(Arc::new(Store::open(dir).unwrap()), kind, budget)
-    }
+    use crate::test_support::{backend, commit};
 
     fn info(h: &StateHandle, group: u16) -> TaskInfo {
-        TaskInfo {
-            key_group: Some(group),
-            operator: "agg".into(),
-            state: Some(h.clone()),
-            ..TaskInfo::default()
-        }
-    }
-
-    /// What the runtime does at a checkpoint once every task has staged: seal, make durable, apply.
-    fn commit(h: &StateHandle, id: u64) -> usize {
-        let (epoch, sets) = h.seal();
-        let n = sets.iter().map(Bytes::len).sum();
-        h.store().apply(id, &sets).unwrap();
-        h.mark_applied(epoch);
-        n
+        crate::test_support::task(h, group, "agg")
     }
 
     fn state(h: &StateHandle, group: u16) -> KeyedState<String, u64> {

@@ -72,6 +72,8 @@ pub mod source;
 pub mod state;
 pub mod store;
 pub mod task;
+#[cfg(test)]
+mod test_support;
 pub mod time_index;
 pub mod timers;
 pub mod trigger;

@@ -366,9 +366,7 @@ fn release(s: &mut Spill, file: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyed_state::StateBackend;
-    use crate::store::Store;
-    use std::sync::Arc;
+    use crate::test_support::{backend, task};
 
     fn drained(ix: &mut TimeIndex<String>, t: i64) -> Vec<String> {
         let mut v = Vec::new();
@@ -394,17 +392,9 @@ mod tests {
     fn over_the_budget_it_spills_the_latest_times_and_reads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         // A budget the index alone passes.
-        let h = StateBackend::new(
-            Arc::new(Store::open(dir.path()).unwrap()),
-            BackendKind::Disk,
-            64 << 10,
-        );
+        let h = backend(dir.path(), BackendKind::Disk, 64 << 10);
         let mut ix = TimeIndex::new();
-        ix.bind(&TaskInfo {
-            key_group: Some(0),
-            state: Some(h.clone()),
-            ..TaskInfo::default()
-        });
+        ix.bind(&task(&h, 0, "w"));
         let n = 200_000;
         for i in 0..n {
             ix.push(i % 4, format!("key-{i:08}"));
@@ -440,17 +430,9 @@ mod tests {
     #[test]
     fn a_damaged_spill_file_fails_the_pipeline_instead_of_panicking() {
         let dir = tempfile::tempdir().unwrap();
-        let h = StateBackend::new(
-            Arc::new(Store::open(dir.path()).unwrap()),
-            BackendKind::Disk,
-            1 << 10,
-        );
+        let h = backend(dir.path(), BackendKind::Disk, 1 << 10);
         let mut ix = TimeIndex::new();
-        ix.bind(&TaskInfo {
-            key_group: Some(0),
-            state: Some(h.clone()),
-            ..TaskInfo::default()
-        });
+        ix.bind(&task(&h, 0, "w"));
         for i in 0..10_000 {
             ix.push(1, format!("k{i}"));
         }

@@ -408,25 +408,13 @@ mod tests {
     use TimeDomain::{EventTime, ProcessingTime};
 
     fn disk(dir: &std::path::Path, budget: usize) -> crate::keyed_state::StateHandle {
-        crate::keyed_state::StateBackend::new(
-            std::sync::Arc::new(crate::store::Store::open(dir).unwrap()),
-            crate::keyed_state::BackendKind::Disk,
-            budget,
-        )
+        crate::test_support::backend(dir, crate::keyed_state::BackendKind::Disk, budget)
     }
 
     fn keyed(h: Option<&crate::keyed_state::StateHandle>) -> KeyedTimers<u64> {
         let mut q = KeyedTimers::new();
         if let Some(h) = h {
-            q.bind_named(
-                &TaskInfo {
-                    key_group: Some(1),
-                    operator: "p".into(),
-                    state: Some(h.clone()),
-                    ..TaskInfo::default()
-                },
-                "timers",
-            );
+            q.bind_named(&crate::test_support::task(h, 1, "p"), "timers");
         }
         q
     }
@@ -439,9 +427,7 @@ mod tests {
     ) -> KeyedTimers<u64> {
         let mut w = StateWriter::new();
         q.checkpoint(&mut w);
-        let (epoch, sets) = h.seal();
-        h.store().apply(id, &sets).unwrap();
-        h.mark_applied(epoch);
+        crate::test_support::commit(h, id);
         drop(q);
         let mut q = keyed(Some(h));
         q.restore(&mut StateReader::new(&w.buf)).unwrap();

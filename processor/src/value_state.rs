@@ -514,18 +514,13 @@ mod tests {
     #[test]
     fn a_spilled_expiry_index_expires_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let h = crate::keyed_state::StateBackend::new(
-            std::sync::Arc::new(crate::store::Store::open(dir.path()).unwrap()),
+        let h = crate::test_support::backend(
+            dir.path(),
             crate::keyed_state::BackendKind::Disk,
             256 << 10,
         );
         let mut s = ValueState::<u64, u64>::new(ttl(100, UpdateType::OnReadAndWrite));
-        s.bind(&TaskInfo {
-            key_group: Some(0),
-            operator: "v".into(),
-            state: Some(h.clone()),
-            ..TaskInfo::default()
-        });
+        s.bind(&crate::test_support::task(&h, 0, "v"));
         let n = 100_000u64;
         for k in 0..n {
             s.set(&k, k, Some((k % 50) as i64));

@@ -969,26 +969,12 @@ mod tests {
     /// A store-backed join: what `commit` (seal, apply, mark applied) would do at a checkpoint.
     mod bound {
         use super::*;
-        use crate::keyed_state::{BackendKind, StateBackend, StateHandle};
-        use crate::store::Store;
-        use bytes::Bytes;
-
-        fn backend(dir: &std::path::Path) -> StateHandle {
-            StateBackend::new(
-                Arc::new(Store::open(dir).unwrap()),
-                BackendKind::Memory,
-                1 << 30,
-            )
-        }
+        use crate::keyed_state::{BackendKind, StateHandle};
+        use crate::test_support::{backend, commit, task};
 
         fn started(h: &StateHandle, kind: JoinKind) -> Op {
             let mut j = op(kind, 0, 1_000);
-            j.on_start(&TaskInfo {
-                key_group: Some(3),
-                operator: "ij".into(),
-                state: Some(h.clone()),
-                ..TaskInfo::default()
-            });
+            j.on_start(&task(h, 3, "ij"));
             j
         }
 
@@ -996,10 +982,7 @@ mod tests {
         fn checkpoint(h: &StateHandle, j: &mut Op, id: u64) -> (Vec<u8>, usize) {
             let mut state = Vec::new();
             j.on_checkpoint(&mut state);
-            let (epoch, sets) = h.seal();
-            h.store().apply(id, &sets).unwrap();
-            h.mark_applied(epoch);
-            (state, sets.iter().map(Bytes::len).sum())
+            (state, commit(h, id))
         }
 
         fn restored(h: &StateHandle, kind: JoinKind, state: &[u8]) -> Op {
@@ -1012,7 +995,7 @@ mod tests {
         #[test]
         fn checkpoints_write_only_new_and_expired_elements_and_restore_from_the_store() {
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut j = started(&h, JoinKind::Inner);
             let mut out = Out::default();
             for i in 0..10_000 {
@@ -1064,7 +1047,7 @@ mod tests {
         #[test]
         fn an_outer_side_keeps_its_matched_flags_across_restores() {
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut j = started(&h, JoinKind::Left);
             let mut out = Out::default();
             j.process(10, left("a", "la"), &mut out);
@@ -1088,7 +1071,7 @@ mod tests {
             let mut whole = Vec::new();
             j.on_checkpoint(&mut whole);
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut k = restored(&h, JoinKind::Full, &whole);
             assert_eq!(entries(&k), 2);
             let (state, bytes) = checkpoint(&h, &mut k, 1);
@@ -1102,7 +1085,7 @@ mod tests {
         #[test]
         fn a_stored_element_newer_than_the_snapshot_is_corrupt() {
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut j = started(&h, JoinKind::Inner);
             let mut out = Out::default();
             let (old, _) = checkpoint(&h, &mut j, 1);

@@ -884,36 +884,19 @@ mod tests {
     /// A store-backed join, checkpointed as the runtime does (seal, apply, mark applied).
     mod bound {
         use super::*;
-        use crate::keyed_state::{BackendKind, StateBackend, StateHandle};
-        use crate::store::Store;
-        use bytes::Bytes;
-
-        fn backend(dir: &std::path::Path) -> StateHandle {
-            StateBackend::new(
-                Arc::new(Store::open(dir).unwrap()),
-                BackendKind::Memory,
-                1 << 30,
-            )
-        }
+        use crate::keyed_state::{BackendKind, StateHandle};
+        use crate::test_support::{backend, commit, task};
 
         fn started(h: &StateHandle) -> Op {
             let mut j = op(JoinKind::Left);
-            j.on_start(&TaskInfo {
-                key_group: Some(2),
-                operator: "tj".into(),
-                state: Some(h.clone()),
-                ..TaskInfo::default()
-            });
+            j.on_start(&task(h, 2, "tj"));
             j
         }
 
         fn checkpoint(h: &StateHandle, j: &mut Op, id: u64) -> (Vec<u8>, usize) {
             let mut state = Vec::new();
             j.on_checkpoint(&mut state);
-            let (epoch, sets) = h.seal();
-            h.store().apply(id, &sets).unwrap();
-            h.mark_applied(epoch);
-            (state, sets.iter().map(Bytes::len).sum())
+            (state, commit(h, id))
         }
 
         fn restored(h: &StateHandle, state: &[u8]) -> Op {
@@ -944,7 +927,7 @@ mod tests {
         #[test]
         fn waiting_probes_checkpoint_incrementally_and_restore_from_the_store() {
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut j = loaded(&h);
             let (_, load) = checkpoint(&h, &mut j, 1);
             j.process(2_000, probe("a", "one more"), &mut Out::default());
@@ -968,7 +951,7 @@ mod tests {
         #[test]
         fn joined_probes_are_deleted_from_the_store() {
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut j = loaded(&h);
             checkpoint(&h, &mut j, 1);
             let mut out = Out::default();
@@ -990,7 +973,7 @@ mod tests {
             let mut whole = Vec::new();
             j.on_checkpoint(&mut whole);
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut k = restored(&h, &whole);
             let (state, bytes) = checkpoint(&h, &mut k, 1);
             assert!(bytes > 0);
@@ -1004,7 +987,7 @@ mod tests {
         #[test]
         fn a_stored_probe_newer_than_the_snapshot_is_corrupt() {
             let dir = tempfile::tempdir().unwrap();
-            let h = backend(dir.path());
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
             let mut j = started(&h);
             let (old, _) = checkpoint(&h, &mut j, 1);
             j.process(10, probe("a", "p"), &mut Out::default());

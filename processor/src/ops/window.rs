@@ -595,23 +595,14 @@ mod tests {
     /// scratch file, and the window still fires once per key with exact counts.
     #[test]
     fn a_spilled_index_fires_every_key_exactly() {
-        use crate::keyed_state::{BackendKind, StateBackend};
-        use crate::store::Store;
+        use crate::keyed_state::BackendKind;
+        use crate::test_support::{backend, task};
         let d = Duration::from_millis;
         for window in [Window::tumbling(d(1_000)), Window::session(d(300))] {
             let dir = tempfile::tempdir().unwrap();
-            let h = StateBackend::new(
-                Arc::new(Store::open(dir.path()).unwrap()),
-                BackendKind::Disk,
-                256 << 10,
-            );
+            let h = backend(dir.path(), BackendKind::Disk, 256 << 10);
             let mut w = op(window);
-            w.on_start(&TaskInfo {
-                key_group: Some(0),
-                operator: "w".into(),
-                state: Some(h.clone()),
-                ..TaskInfo::default()
-            });
+            w.on_start(&task(&h, 0, "w"));
             let mut out = Out::default();
             let keys = 50_000u64;
             for round in 0..2 {
