@@ -38,12 +38,13 @@
 //! (one entry per probe, under its arrival number `seq`): a checkpoint writes the probes that arrived since
 //! the last one and still wait, and deletes the stored ones joined since; a probe that waits less than a
 //! checkpoint interval is never written. (Probes can wait long: while the table's source is idle they wait
-//! for the combined watermark, out-of-orderness included.) `prune_at` and the watermark are snapshotted
-//! whole; they hold only what is changing. Without a backend the snapshot holds the probes too. Invariants
+//! for the combined watermark, out-of-orderness included.) `prune_at` is derived from the versions (rebuilt
+//! at a restore, never written) and is a [`TimeIndex`], which spills on the disk backend over the memory
+//! budget. The snapshot holds the watermark and counters, and without a backend the probes too. Invariants
 //! of a bound join: every waiting probe with `seq < stored_below` is in the store; the others are listed
 //! in `added`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 use std::sync::Arc;
@@ -55,13 +56,15 @@ use crate::keyed_state::KeyedState;
 use crate::metrics::OperatorMetrics;
 use crate::operator::{Collector, Operator, TaskInfo};
 use crate::state::{Key, StateCodec, StateReader, StateWriter};
+use crate::time_index::TimeIndex;
 
 /// Builds the output of one probe from its key, its value and the table row as of its time.
 pub type TemporalJoinFn<K, L, V, O> = Arc<dyn Fn(&K, L, Option<&V>) -> O + Send + Sync>;
 
-/// Version 3 logs the probes to the store when bound; version 2 kept them in the snapshot, with the
-/// versions in keyed state; version 1 had everything in the snapshot. All three are read.
-const STATE_VERSION: u8 = 3;
+/// Version 4 no longer writes the pruning index (it is derived from the versions); version 3 logs the probes
+/// to the store when bound; version 2 kept them in the snapshot, with the versions in keyed state; version 1
+/// had everything in the snapshot. All four are read.
+const STATE_VERSION: u8 = 4;
 
 /// One key's table versions, (version timestamp, row) sorted by timestamp with no timestamp twice (`None`:
 /// deleted). Nearly every key of a slowly changing table holds one version, which is kept inline: a lookup
@@ -165,7 +168,7 @@ pub struct TemporalJoin<K, L, V, O> {
     stored_below: u64,
     /// The largest seq read from the store at start (checked against the snapshot's counter).
     loaded_max: Option<u64>,
-    prune_at: BTreeMap<i64, Vec<K>>,
+    prune_at: TimeIndex<K>,
     /// Versions held (counted since the start or a restore from a snapshot; versions read back from the
     /// store are not counted).
     version_count: u64,
@@ -189,7 +192,7 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
             added: Vec::new(),
             stored_below: 0,
             loaded_max: None,
-            prune_at: BTreeMap::new(),
+            prune_at: TimeIndex::new(),
             version_count: 0,
             probe_count: 0,
             late_records: 0,
@@ -215,10 +218,10 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
             2 => {
                 let all: SmallVec<[i64; 2]> = per_key.timestamps().collect();
                 for t in all {
-                    self.prune_at.entry(t).or_default().push(key.clone());
+                    self.prune_at.push(t, key.to_stored());
                 }
             }
-            _ => self.prune_at.entry(ts).or_default().push(key),
+            _ => self.prune_at.push(ts, key.to_stored()),
         }
     }
 
@@ -267,28 +270,45 @@ impl<K: Key, L, V: StateCodec, O> TemporalJoin<K, L, V, O> {
     /// Drops the versions no probe at or after the watermark can need (see the module doc).
     fn prune(&mut self) {
         let w = self.watermark;
-        while let Some((&ts, _)) = self.prune_at.first_key_value() {
+        while let Some(ts) = self.prune_at.first_time() {
             if ts > w {
                 break;
             }
-            let Some((_, keys)) = self.prune_at.pop_first() else {
-                break;
-            };
-            for key in keys {
-                let Some(per_key) = self.versions.get_mut(&key) else {
-                    continue; // stale: the key was dropped already
+            let TemporalJoin {
+                prune_at,
+                versions,
+                version_count,
+                ..
+            } = self;
+            prune_at.drain(ts, |key| {
+                let Some(per_key) = versions.get_mut(&key) else {
+                    return; // stale: the key was dropped already
                 };
                 let Some(&(floor, _)) = per_key.as_of(w) else {
-                    continue; // stale: the version was replaced and every version is newer
+                    return; // stale: the version was replaced and every version is newer
                 };
                 let dropped = per_key.drop_before(floor);
                 let empty = per_key.is_empty();
-                self.version_count = self.version_count.saturating_sub(dropped);
+                *version_count = version_count.saturating_sub(dropped);
                 if empty {
-                    self.versions.remove(&key);
+                    versions.remove(&key);
+                }
+            });
+        }
+    }
+
+    /// Lists again, from the versions, every key that may need pruning (after they were loaded or
+    /// restored): those with more than one version or with a tombstone.
+    fn rebuild_prune_at(&mut self) -> Result<()> {
+        let index = &mut self.prune_at;
+        index.clear();
+        self.versions.for_each(|key, per_key| {
+            if per_key.len() > 1 || per_key.0.iter().any(|v| v.1.is_none()) {
+                for t in per_key.timestamps() {
+                    index.push(t, key.clone());
                 }
             }
-        }
+        })
     }
 }
 
@@ -391,6 +411,9 @@ where
 
     fn on_start(&mut self, task: &TaskInfo) {
         self.versions.bind(task);
+        self.prune_at.bind(task);
+        // A failed read of the store is recorded by the backend, which fails the pipeline.
+        let _ = self.rebuild_prune_at();
         // A bound join's waiting probes are in the store: read back here, before the snapshot's counters.
         let (mut loaded, mut bad) = (Vec::new(), None);
         self.log
@@ -467,14 +490,6 @@ where
         w.u64(self.late_records);
         // The versions: bound keyed state stages its changes and writes nothing here.
         self.versions.write_to(&mut w);
-        w.u32(self.prune_at.len() as u32);
-        for (ts, keys) in &self.prune_at {
-            w.i64(*ts);
-            w.u32(keys.len() as u32);
-            for k in keys {
-                k.encode(&mut w);
-            }
-        }
         w.u64(self.seq);
         let mut probes = StateWriter::new();
         if self.log.is_bound() {
@@ -496,7 +511,6 @@ where
         }
         self.watermark = r.i64()?;
         self.late_records = r.u64()?;
-        self.prune_at.clear();
         self.version_count = 0;
         if !self.log.is_bound() {
             self.probes.clear();
@@ -519,17 +533,23 @@ where
             }
         } else {
             let versions = r.bytes()?;
-            if !versions.is_empty() {
+            let inline = !versions.is_empty();
+            if inline {
                 self.versions.restore(versions)?;
             }
-            // A timestamp takes its own 8 bytes and its key count (4).
-            for _ in 0..r.count(12)? {
-                let ts = r.i64()?;
-                let mut keys = Vec::new();
-                for _ in 0..r.count(1)? {
-                    keys.push(K::decode(&mut r)?);
+            if version < 4 {
+                // The pruning index, snapshotted before it was derived: read past (rebuilt below).
+                // A timestamp takes its own 8 bytes and its key count (4).
+                for _ in 0..r.count(12)? {
+                    r.i64()?;
+                    for _ in 0..r.count(1)? {
+                        K::decode(&mut r)?;
+                    }
                 }
-                self.prune_at.insert(ts, keys);
+            }
+            // A bound join's versions came from the store, and the index with them at start.
+            if inline {
+                self.rebuild_prune_at()?;
             }
         }
         if version < 3 {
@@ -669,7 +689,7 @@ mod tests {
             ops in proptest::collection::vec((0i64..20, proptest::option::of(0u8..4), 0u8..3), 0..60),
         ) {
             let mut v = Versions::<u8>::default();
-            let mut m = BTreeMap::<i64, Option<u8>>::new();
+            let mut m = std::collections::BTreeMap::<i64, Option<u8>>::new();
             for (ts, row, what) in ops {
                 match what {
                     0 | 1 => {
@@ -817,7 +837,7 @@ mod tests {
         // A second version, or a tombstone, lists the key.
         j.process(2000, row("k1", Some("w")), &mut out);
         j.process(2000, row("k2", None), &mut out);
-        assert_eq!(j.prune_at.values().map(Vec::len).sum::<usize>(), 4);
+        assert_eq!(j.prune_at.len(), 4);
         j.on_watermark(3000, &mut out);
         assert!(j.prune_at.is_empty());
         j.process(3500, probe("k1", "p"), &mut out);
@@ -982,6 +1002,25 @@ mod tests {
                 finish(&mut again),
                 vec![(10, "a:p10=r5".to_string()), (10, "b:p10b=-".to_string())]
             );
+        }
+
+        #[test]
+        fn the_pruning_index_is_rebuilt_from_the_stored_versions() {
+            let dir = tempfile::tempdir().unwrap();
+            let h = backend(dir.path(), BackendKind::Memory, 1 << 30);
+            let mut j = started(&h);
+            let mut out = Out::default();
+            j.process(5, row("a", Some("old")), &mut out);
+            j.process(50, row("a", Some("new")), &mut out);
+            j.process(7, row("b", Some("only")), &mut out);
+            let (state, _) = checkpoint(&h, &mut j, 1);
+            let mut k = restored(&h, &state);
+            assert_eq!(k.prune_at.len(), 2, "a's two versions; b has one");
+            k.on_watermark(60, &mut out);
+            assert!(k.prune_at.is_empty());
+            k.process(70, probe("a", "p"), &mut out);
+            k.on_watermark(i64::MAX, &mut out);
+            assert_eq!(out.0, vec![(70, "a:p=new".to_string())]);
         }
 
         #[test]
